@@ -1,0 +1,3 @@
+"""emu3-decoding."""
+
+__version__ = "0.1.0"
