@@ -1,0 +1,31 @@
+"""Run inside a fresh venv holding only one wheel (and the siblings it declares).
+
+Checks that the module is imported from site-packages (not from the source tree), that its
+version matches its distribution's, and that none of the heavy or test-only libraries were
+pulled in by the install.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import sys
+
+HEAVY = ["torch", "transformers", "mindone", "tensorflow", "jax"]
+
+
+def main(module: str) -> int:
+    mod = importlib.import_module(module)
+    where = mod.__file__ or ""
+    assert "site-packages" in where, f"{module} imported from {where}, not from site-packages"
+    dist = importlib.metadata.version(module.replace("_", "-"))
+    assert dist == mod.__version__, f"{module}.__version__ {mod.__version__} != wheel version {dist}"
+    present = [name for name in HEAVY if importlib.util.find_spec(name) is not None]
+    assert not present, f"installing {module} pulled in {present}"
+    print(f"{module} {mod.__version__} from {where}; none of {HEAVY} installed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
