@@ -22,6 +22,13 @@ def fmt(value) -> str:
     return "" if value is None else str(value)
 
 
+def pick(row: dict, *names):
+    for name in names:
+        if name in row:
+            return row[name]
+    return None
+
+
 def table(rows: list[dict]) -> str:
     meta = rows[0].get("meta", {}) if rows else {}
     lines = []
@@ -30,8 +37,9 @@ def table(rows: list[dict]) -> str:
     lines.append("| case | ours | transformers (torch CPU) | unit | ratio (>1: ours faster) |")
     lines.append("|---|---|---|---|---|")
     for r in rows:
-        lines.append(f"| {r['case']} | {fmt(r.get('ours'))} | {fmt(r.get('peer'))} | {r.get('unit', '')} "
-                     f"| {fmt(r.get('ratio'))} |")
+        ours, peer = pick(r, "ours", "ours_s"), pick(r, "peer", "peer_s")
+        ratio = pick(r, "ratio", "ratio_peer_over_ours")
+        lines.append(f"| {r['case']} | {fmt(ours)} | {fmt(peer)} | {r.get('unit', '')} | {fmt(ratio)} |")
     return "\n".join(lines)
 
 
