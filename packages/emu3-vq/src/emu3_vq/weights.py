@@ -94,15 +94,17 @@ def _read_header_and_size(path: Path) -> tuple[dict, int]:
             continue
         try:
             dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
-            shape = [int(d) for d in shape]
+            shape, begin, end = [int(d) for d in shape], int(begin), int(end)
         except (TypeError, KeyError, ValueError):
-            raise CheckpointError(f"{path}: corrupt safetensors header entry for {name!r}: {info!r}") from None
+            raise CheckpointError(f"{path}: corrupt safetensors header entry for {name!r}: "
+                                  f"{info!r}") from None
         if dtype not in _ITEMSIZE:
             raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype!r}")
         nbytes = math.prod(shape) * _ITEMSIZE[dtype]
         if any(d < 0 for d in shape) or not 0 <= begin <= end or end - begin != nbytes:
             raise CheckpointError(
-                f"{path}: corrupt safetensors header: tensor {name!r} {dtype}{shape} has offsets [{begin}, {end}]")
+                f"{path}: corrupt safetensors header: tensor {name!r} {dtype}{shape} "
+                f"has offsets [{begin}, {end}]")
         if end > data_size:
             raise CheckpointError(
                 f"{path}: truncated safetensors file: tensor {name!r} needs bytes up to {end}, "
@@ -201,24 +203,35 @@ def checkpoint_keys(dir_or_file: str | os.PathLike) -> dict[str, tuple[str, tupl
     return out
 
 
-def _decode(buf, start: int, info: dict) -> np.ndarray:
+class BF16Bits(np.ndarray):
+    """The uint16 bit patterns of a bfloat16 tensor, as `iter_checkpoint(..., bf16="bits")`
+    yields them: no float32 copy is made; `load_into` turns them into bf16 inside MindSpore."""
+
+
+def _decode(buf, start: int, info: dict, bf16: str = "float32") -> np.ndarray:
     begin, end = info["data_offsets"]
     shape = tuple(int(d) for d in info["shape"])
     if info["dtype"] == "BF16":
         bits = np.frombuffer(buf, dtype="<u2", count=(end - begin) // 2, offset=start + begin)
+        if bf16 == "bits":
+            return bits.reshape(shape).view(BF16Bits)
         return bf16_bits_to_float32(bits).reshape(shape)
     dtype = _NUMPY_DTYPES[info["dtype"]]
     return np.frombuffer(buf, dtype=dtype, count=(end - begin) // dtype.itemsize,
                          offset=start + begin).reshape(shape)
 
 
-def iter_checkpoint(dir_or_file: str | os.PathLike,
-                    names: Iterable[str] | None = None) -> Iterator[tuple[str, np.ndarray]]:
+def iter_checkpoint(dir_or_file: str | os.PathLike, names: Iterable[str] | None = None,
+                    bf16: str = "float32") -> Iterator[tuple[str, np.ndarray]]:
     """Yield (name, array) for every tensor (or only `names`), one shard at a time.
 
     Arrays of native dtypes are read-only views of the memory-mapped file (copy them to
-    modify); BF16 tensors come back as new float32 arrays, converted one at a time.
+    modify). BF16 tensors come back as new float32 arrays, converted one at a time, or with
+    bf16="bits" as zero-copy `BF16Bits` views (half the memory of float32; for `load_into`
+    into bf16 parameters of a large model).
     """
+    if bf16 not in ("float32", "bits"):
+        raise ValueError(f"bf16 must be 'float32' or 'bits', got {bf16!r}")
     shards = _shard_entries(dir_or_file)
     wanted = None
     if names is not None:
@@ -226,7 +239,8 @@ def iter_checkpoint(dir_or_file: str | os.PathLike,
         known = {k for _, _, _, entries in shards for k, _ in entries}
         unknown = sorted(wanted - known)
         if unknown:
-            raise CheckpointError(f"{dir_or_file}: {len(unknown)} tensors not in the checkpoint: {_few(unknown)}")
+            raise CheckpointError(f"{dir_or_file}: {len(unknown)} tensors not in the checkpoint: "
+                                  f"{_few(unknown)}")
     for path, _, start, entries in shards:
         if wanted is not None:
             entries = [(k, v) for k, v in entries if k in wanted]
@@ -236,7 +250,7 @@ def iter_checkpoint(dir_or_file: str | os.PathLike,
             # the map outlives this block while yielded arrays still view it
             buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         for name, info in entries:
-            yield name, _decode(buf, start, info)
+            yield name, _decode(buf, start, info, bf16)
         del buf
 
 
@@ -264,7 +278,8 @@ def _dtype_name(arr: np.ndarray, dtype: str | None) -> str:
 def _to_bytes(arr: np.ndarray, dtype_name: str) -> np.ndarray:
     if dtype_name == "BF16":
         return float32_to_bf16_bits(arr.astype(np.float32, copy=False))
-    return np.ascontiguousarray(arr, dtype=_NUMPY_DTYPES[dtype_name])
+    with np.errstate(over="ignore"):  # values beyond float16's range become inf, as in torch
+        return np.ascontiguousarray(arr, dtype=_NUMPY_DTYPES[dtype_name])
 
 
 def _prepare(tensors: Mapping[str, np.ndarray], dtype: str | None):
@@ -312,7 +327,8 @@ def _write_prepared(path: Path, items, metadata: Mapping[str, str] | None) -> in
     offset = 0
     for name, arr, dtype_name in items:
         nbytes = arr.size * _ITEMSIZE[dtype_name]
-        header[name] = {"dtype": dtype_name, "shape": list(arr.shape), "data_offsets": [offset, offset + nbytes]}
+        header[name] = {"dtype": dtype_name, "shape": list(arr.shape),
+                        "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)
@@ -386,7 +402,8 @@ def write_checkpoint(directory: str | os.PathLike, tensors: Mapping[str, np.ndar
         atomic_write(index_path, lambda f: f.write(text.encode("utf-8")))
     # files of an earlier save under the same prefix would make the directory ambiguous
     keep = set(names) | ({index_path.name} if len(shards) > 1 else set())
-    candidates = [*directory.glob(f"{prefix}-*-of-*.safetensors"), directory / f"{prefix}.safetensors", index_path]
+    candidates = [*directory.glob(f"{prefix}-*-of-*.safetensors"), directory / f"{prefix}.safetensors",
+                  index_path]
     for old in candidates:
         if old.name not in keep and old.is_file():
             old.unlink()
@@ -427,8 +444,8 @@ def _problems(what: str, missing, unexpected, mismatched) -> str | None:
 def load_into(cell, named_arrays, *, what: str = "checkpoint", expected_names=None) -> None:
     """Assign arrays to `cell`'s parameters by name, strictly.
 
-    named_arrays: a mapping or an iterable of (parameter name, numpy array), names as in
-    `cell.parameters_and_names()`. Missing, unexpected and wrongly shaped names raise a
+    named_arrays: a mapping or an iterable of (parameter name, numpy array or `BF16Bits`),
+    names as in `cell.parameters_and_names()`. Missing, unexpected and wrongly shaped names raise a
     CheckpointError naming them. The check happens before any parameter changes when the
     names are known up front: a mapping, or `expected_names` (names, name -> shape, or
     `checkpoint_keys()` output translated to parameter names). Otherwise a stream that
@@ -461,12 +478,15 @@ def load_into(cell, named_arrays, *, what: str = "checkpoint", expected_names=No
             continue
         if name in seen:
             raise CheckpointError(f"{what}: {name} is given twice")
+        bits = isinstance(arr, BF16Bits)
         arr = np.asarray(arr)
         if tuple(arr.shape) != tuple(param.shape):
             mismatched.append((name, arr.shape, tuple(param.shape)))
             continue
         seen.add(name)
         tensor = ms.Tensor(np.ascontiguousarray(arr))
+        if bits:  # reinterpret the uint16 patterns as bfloat16, no float32 round trip
+            tensor = tensor.view(ms.bfloat16)
         if tensor.dtype != param.dtype:  # cast inside MindSpore: numpy has no bf16
             tensor = tensor.astype(param.dtype)
         param.set_data(tensor)
