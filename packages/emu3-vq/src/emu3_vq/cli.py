@@ -26,7 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="group", metavar="COMMAND")
     sub.required = True
     for ep in sorted(entry_points(group="emu3.commands"), key=lambda e: e.name):
-        ep.load()(sub)
+        try:
+            register = ep.load()
+        except Exception as exc:  # one broken package must not take every command down
+            print(f"emu3: warning: commands of {ep.value!r} unavailable: {exc}", file=sys.stderr)
+            continue
+        register(sub)
     return parser
 
 
