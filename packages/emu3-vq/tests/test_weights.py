@@ -373,3 +373,23 @@ def test_error_lists_first_ten_names_with_counts(ms):
     msg = str(info.value)
     assert "25 unexpected keys" in msg and "junk.09" in msg and "junk.10" not in msg
     assert "(15 more)" in msg
+
+
+def test_scalar_parameters_keep_their_shape(ms, tmp_path):
+    # BatchNorm's num_batches_tracked is a 0-d tensor: a load + save + load must keep shape ().
+    from mindspore import nn
+
+    class Counter(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.num_batches_tracked = ms.Parameter(ms.Tensor(0, ms.int64), name="num_batches_tracked",
+                                                    requires_grad=False)
+
+    cell = Counter()
+    W.load_into(cell, {"num_batches_tracked": np.array(7, np.int64)})
+    assert tuple(cell.num_batches_tracked.shape) == ()
+    W.write_checkpoint(tmp_path, W.state_dict_numpy(cell))
+    assert W.checkpoint_keys(tmp_path)["num_batches_tracked"][1] == ()
+    fresh = Counter()
+    W.load_into(fresh, W.iter_checkpoint(tmp_path), expected_names=W.checkpoint_keys(tmp_path))
+    assert int(fresh.num_batches_tracked.asnumpy()) == 7

@@ -279,7 +279,7 @@ def _to_bytes(arr: np.ndarray, dtype_name: str) -> np.ndarray:
     if dtype_name == "BF16":
         return float32_to_bf16_bits(arr.astype(np.float32, copy=False))
     with np.errstate(over="ignore"):  # values beyond float16's range become inf, as in torch
-        return np.ascontiguousarray(arr, dtype=_NUMPY_DTYPES[dtype_name])
+        return np.ascontiguousarray(arr, dtype=_NUMPY_DTYPES[dtype_name]).reshape(arr.shape)
 
 
 def _prepare(tensors: Mapping[str, np.ndarray], dtype: str | None):
@@ -484,7 +484,8 @@ def load_into(cell, named_arrays, *, what: str = "checkpoint", expected_names=No
             mismatched.append((name, arr.shape, tuple(param.shape)))
             continue
         seen.add(name)
-        tensor = ms.Tensor(np.ascontiguousarray(arr))
+        # (ascontiguousarray turns a 0-d array into shape (1,): keep the shape, e.g. num_batches_tracked)
+        tensor = ms.Tensor(np.ascontiguousarray(arr).reshape(arr.shape))
         if bits:  # reinterpret the uint16 patterns as bfloat16, no float32 round trip
             tensor = tensor.view(ms.bfloat16)
         if tensor.dtype != param.dtype:  # cast inside MindSpore: numpy has no bf16
