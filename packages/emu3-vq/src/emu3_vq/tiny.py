@@ -24,7 +24,7 @@ from .weights import atomic_write, write_checkpoint
 # Processor limits small enough for CPU demos: (min_pixels, max_pixels) by preset.
 _PIXEL_LIMITS = {"micro": (32 * 32, 96 * 96), "tiny": (64 * 64, 256 * 256)}
 # Bump when the checkpoint written here changes, so that cached copies are rebuilt.
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 _STAMP = ".emu3-tiny-vq.json"
 
 
@@ -152,8 +152,10 @@ def random_state(config: Emu3VQConfig, seed: int = 0) -> dict[str, np.ndarray]:
             out[name] = (0.05 * rng.standard_normal(shape)).astype(np.float32)
         elif len(shape) == 1:  # norm scales
             out[name] = (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
-        elif name == "quantize.embedding.weight":  # spread out, so that many codes get used
-            out[name] = rng.standard_normal(shape).astype(np.float32)
+        elif name == "quantize.embedding.weight":
+            # at the scale of the encoder's output (|z| ~ 0.03 with these weights), so that many
+            # codes get used: a unit-scale codebook maps every position to one code
+            out[name] = (0.05 * rng.standard_normal(shape)).astype(np.float32)
         else:  # conv weights, scaled by fan-in to keep activations of order one
             fan_in = int(np.prod(shape[1:]))
             out[name] = (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
