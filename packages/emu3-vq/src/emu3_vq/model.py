@@ -196,11 +196,11 @@ class Upsample(nn.Cell):
     def __init__(self, channels: int, impl=None, dtype=None):
         super().__init__()
         self.conv = Conv2d(channels, channels, 3, padding=1, impl=impl, dtype=dtype)
-        self.fused = self.conv.impl == "taps"
+        self.fused = self.conv.impl == "im2col"
 
     def construct(self, x):
         if self.fused:
-            return kernels.upsample2x_conv3x3(x, self.conv.weight, self.conv.bias, self.conv.dtype)
+            return kernels.upsample2x_conv3x3(x, self.conv.weight, self.conv.bias, self.conv.compute_dtype)
         return self.conv(repeat_nearest(x, 2, 2))
 
 
@@ -461,15 +461,23 @@ class Embedding(nn.Cell):
 class Emu3VQModel(nn.Cell):
     """Emu3's vision tokenizer. `encode` pixels to int32 codes, `decode` codes to pixels.
 
-    config: an `Emu3VQConfig` (see its presets). dtype: compute dtype of the convolutions
-    and attention matmuls (None = fp32; fp16/bf16 are for GPU/Ascend; norms, softmax and the
-    quantizer stay fp32). impl: convolution kernel ('taps', 'ops', 'mint'; None picks by
-    device). jit: compile encode/decode with `ms.jit` (graph mode; once per input shape).
-    Load weights with `Emu3VQModel.from_pretrained(path)` before the first call: a compiled
-    graph keeps the parameter buffers it was built with.
+    config: an `Emu3VQConfig` (see its presets).
+    dtype: compute dtype of the convolutions and attention matmuls (None = fp32; fp16/bf16
+        are for GPU/Ascend; norms, softmax and the quantizer stay fp32).
+    impl: convolution kernel ("im2col", "ops", "mint"; None picks by device).
+    jit: compile the stages with `ms.jit` (graph mode, once per input shape).
+    frame_batch: frames per call of the 2-D encoder/decoder (they work frame by frame);
+        bounds memory on long videos and large images. None: 1 on CPU, 16 elsewhere.
+
+    Work the model skips, exactly: an image is `temporal_downsample_factor` equal frames, so
+    the 2-D encoder runs once and its output is repeated along time; decoding an image keeps
+    frame 0 of the clip, so only that frame goes through the 2-D decoder.
+    Load weights (`Emu3VQModel.from_pretrained`) before the first call: a compiled graph
+    keeps the parameter buffers it was built with.
     """
 
-    def __init__(self, config: Emu3VQConfig, dtype=None, impl: str | None = None, jit: bool = True):
+    def __init__(self, config: Emu3VQConfig, dtype=None, impl: str | None = None, jit: bool = True,
+                 frame_batch: int | None = None):
         super().__init__()
         self.config = config
         self.compute_dtype = None if dtype in (None, ms.float32) else dtype
@@ -479,14 +487,26 @@ class Emu3VQModel(nn.Cell):
         self.quant_conv = CausalConv3d(config.z_channels, config.embed_dim, impl=impl, dtype=self.compute_dtype)
         self.post_quant_conv = CausalConv3d(config.embed_dim, config.z_channels, impl=impl, dtype=self.compute_dtype)
         self.t_factor = config.temporal_downsample_factor
+        if frame_batch is None:
+            frame_batch = 1 if kernels.default_impl() == "im2col" else 16
+        if frame_batch < 1:
+            raise ValueError(f"frame_batch must be at least 1, got {frame_batch}")
+        self.frame_batch = frame_batch
         self.set_train(False)
         wrap = ms.jit if jit else (lambda f: f)
-        self._encode_images = wrap(self.encode_images_graph)
-        self._encode_videos = wrap(self.encode_videos_graph)
-        self._decode_images = wrap(self.decode_images_graph)
-        self._decode_videos = wrap(self.decode_videos_graph)
+        self._encode_frames = wrap(self.encode_frames)
+        self._codes_from_images = wrap(self.codes_from_images)
+        self._codes_from_videos = wrap(self.codes_from_videos)
+        self._latents = wrap(self.latents)
+        self._decode_frames = wrap(self.decode_frames)
 
-    # -- graphs (tensors in, tensors out; shapes already checked) --
+    # -- stages (tensors in, tensors out; shapes already checked) --
+
+    def encode_frames(self, x):
+        """2-D encoder: frames [N, 3, H, W] -> [N, z_channels, h, w]."""
+        if self.compute_dtype is not None:
+            x = ops.cast(x, self.compute_dtype)
+        return self.encoder.frames(x)
 
     def _quantize(self, z):
         """z [B, z_channels, t, h, w] (after the encoder's temporal stage) -> codes [B, t, h, w]."""
@@ -495,30 +515,19 @@ class Emu3VQModel(nn.Cell):
         z = ops.cast(z, ms.float32).transpose(0, 2, 3, 4, 1).reshape(-1, c)
         return self.quantize.codes(z).reshape(b, t, h, w)
 
-    def encode_images_graph(self, x):
-        """[B, 3, H, W] -> [B, h, w]. The image stands for `temporal_downsample_factor` equal
-        frames; the 2-D encoder runs once per image and its output is repeated along time."""
-        if self.compute_dtype is not None:
-            x = ops.cast(x, self.compute_dtype)
-        f = self.encoder.frames(x)  # [B, z, h, w]
+    def codes_from_images(self, f):
+        """Encoded images [B, z, h, w] -> codes [B, h, w]: each stands for 4 equal frames."""
         b, c, h, w = f.shape
-        t = self.t_factor
-        z = ops.broadcast_to(f.reshape(b, c, 1, h, w), (b, c, t, h, w))
-        codes = self._quantize(self.encoder.temporal(z))
-        return codes.reshape(b, h, w)
+        z = ops.broadcast_to(f.reshape(b, c, 1, h, w), (b, c, self.t_factor, h, w))
+        return self._quantize(self.encoder.temporal(z)).reshape(b, h, w)
 
-    def encode_videos_graph(self, x):
-        """[B, T, 3, H, W] -> [B, T/4, h, w]."""
-        if self.compute_dtype is not None:
-            x = ops.cast(x, self.compute_dtype)
-        b, t, ch, hh, ww = x.shape
-        f = self.encoder.frames(x.reshape(b * t, ch, hh, ww))
-        _, c, h, w = f.shape
-        z = f.reshape(b, t, c, h, w).transpose(0, 2, 1, 3, 4)
-        return self._quantize(self.encoder.temporal(z))
+    def codes_from_videos(self, f):
+        """Encoded frames [B, T, z, h, w] -> codes [B, T/4, h, w]."""
+        return self._quantize(self.encoder.temporal(f.transpose(0, 2, 1, 3, 4)))
 
-    def _latents(self, codes):
-        """codes [B, t, h, w] -> (h, zq) frames [B, 4t, C, h, w] after the decoder's temporal stage."""
+    def latents(self, codes):
+        """codes [B, t, h, w] -> (h, zq), each [B, 4t, C, h, w]: quant and post_quant_conv(quant)
+        after the decoder's temporal stage, which they go through together."""
         b, t, h, w = codes.shape
         quant = self.quantize.embedding(codes.reshape(-1))  # [B*t*h*w, C]
         c = quant.shape[-1]
@@ -529,21 +538,18 @@ class Emu3VQModel(nn.Cell):
         both = self.decoder.temporal(ops.cat((post, quant), 0)).transpose(0, 2, 1, 3, 4)
         return both[:b], both[b:]
 
-    def decode_images_graph(self, codes):
-        """[B, h, w] -> [B, 3, H, W]: frame 0 of the decoded clip (only that frame is decoded)."""
-        b, h, w = codes.shape
-        hs, zq = self._latents(codes.reshape(b, 1, h, w))
-        out = self.decoder.frames(hs[:, 0], zq[:, 0])
-        return ops.cast(out, ms.float32)
+    def decode_frames(self, h, zq):
+        """2-D decoder: h [N, z, h, w], zq [N, C, h, w] -> float32 frames [N, 3, H, W]."""
+        return ops.cast(self.decoder.frames(h, zq), ms.float32)
 
-    def decode_videos_graph(self, codes):
-        """[B, t, h, w] -> [B, 4t, 3, H, W]."""
-        hs, zq = self._latents(codes)
-        b, t = hs.shape[0], hs.shape[1]
-        out = self.decoder.frames(hs.reshape((b * t,) + tuple(hs.shape[2:])),
-                                  zq.reshape((b * t,) + tuple(zq.shape[2:])))
-        out = ops.cast(out, ms.float32)
-        return out.reshape((b, t) + tuple(out.shape[1:]))
+    def _in_groups(self, fn, *frames):
+        """fn over `frame_batch` frames at a time; outputs concatenated along axis 0."""
+        n = frames[0].shape[0]
+        g = self.frame_batch
+        if n <= g:
+            return fn(*frames)
+        outs = [fn(*(f[s:s + g] for f in frames)) for s in range(0, n, g)]
+        return ops.cat(outs, 0)
 
     # -- public API --
 
@@ -567,11 +573,12 @@ class Emu3VQModel(nn.Cell):
         if x.shape[0] < 1:
             raise ValueError("encode got an empty batch")
         if x.ndim == 4:
-            return self._encode_images(x)
-        t = x.shape[1]
+            return self._codes_from_images(self._in_groups(self._encode_frames, x))
+        b, t = x.shape[0], x.shape[1]
         if t < 1 or t % c.temporal_downsample_factor:
             raise ValueError(f"a video needs a multiple of {c.temporal_downsample_factor} frames, got {t}")
-        return self._encode_videos(x)
+        f = self._in_groups(self._encode_frames, x.reshape((b * t,) + tuple(x.shape[2:])))
+        return self._codes_from_videos(f.reshape((b, t) + tuple(f.shape[1:])))
 
     def decode(self, codes) -> Tensor:
         """int codes (numpy or Tensor) -> float32 pixels in about [-1, 1].
@@ -591,8 +598,13 @@ class Emu3VQModel(nn.Cell):
             raise ValueError(f"codes must lie in [0, {self.config.codebook_size}), got values in [{lo}, {hi}]")
         x = Tensor(ids.astype(np.int32))
         if ids.ndim == 3:
-            return self._decode_images(x)
-        return self._decode_videos(x)
+            hs, zq = self._latents(x.expand_dims(1))
+            return self._in_groups(self._decode_frames, hs[:, 0], zq[:, 0])
+        hs, zq = self._latents(x)
+        b, t = hs.shape[0], hs.shape[1]
+        frames = self._in_groups(self._decode_frames, hs.reshape((b * t,) + tuple(hs.shape[2:])),
+                                 zq.reshape((b * t,) + tuple(zq.shape[2:])))
+        return frames.reshape((b, t) + tuple(frames.shape[1:]))
 
     @classmethod
     def from_pretrained(cls, path, dtype=None, **kwargs) -> "Emu3VQModel":

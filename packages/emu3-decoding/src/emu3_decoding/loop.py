@@ -1,0 +1,475 @@
+"""The decode loop: prefill, then one compiled graph per step over a static KV cache.
+
+Plain functions in the manner of gpt-fast: `prefill`, `decode_one_token`, `decode_n_tokens`,
+and `generate` tying them together. What one step runs, compiled once per (cache, settings)
+and reused for every step:
+
+    decode_step(previous token)  ->  lm_head rows [start, stop) only  ->  guidance  ->  sampling
+    -> forced token where the constraint table says so  ->  pad after eos
+
+Per-step inputs are Tensors (the step number); the constraint table, the uniforms of the
+sampler and the done flags live on the device, so the host does no work that grows with the
+vocabulary or the sequence. Steps whose next token is forced for every row (eol, eof, ...) run
+the decode step alone, without logits; tokens after the last sampled position need no forward
+at all (an image ends with eol, eof, eoi, eos: all known).
+
+Classifier-free guidance: batched (cond and uncond rows in one batch of 2B, left-padded to a
+common length, positions from the mask) or unbatched (the original: a second forward over a
+second cache). See guidance.py for the formula.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+import mindspore as ms
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
+
+from .constraint import FREE
+from .guidance import guide, left_pad
+from .sampling import GREEDY, Sampling, sample, uniforms
+
+CACHE_ROUND = 256  # cache lengths are rounded up so that similar prompts reuse compiled graphs
+
+
+@dataclass
+class Progress:
+    """What a progress callback receives after each generated position."""
+
+    step: int  # positions generated so far (all rows advance together)
+    steps: int  # positions to generate at most
+    rows_done: int  # image rows completed (image blocks), or sequences finished (text)
+    rows: int  # image rows in all (of the first image), or sequences
+    tokens_per_s: float  # positions per second per sequence since decoding began
+    elapsed: float  # seconds since decoding began (prefill included)
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """The compile-time constants of the step graph."""
+
+    start: int  # lm_head rows [start, stop) are computed and sampled
+    stop: int
+    sampling: Sampling
+    cfg_scale: float  # 1.0: no guidance
+    mode: str  # "plain", "batched" (cond + uncond rows in one batch) or "unbatched" (two caches)
+    eos: int
+    pad: int
+
+
+class _Head(nn.Cell):
+    """A contiguous copy of lm_head rows [start, stop): a slice taken inside the step graph would
+    be copied at every step (about 3x the memory traffic of the matmul itself)."""
+
+    def __init__(self, weight):
+        super().__init__()
+        self.weight = Parameter(weight, name="visual_head", requires_grad=False)
+
+
+class StepGraphs(nn.Cell):
+    """The compiled graphs of one decoding setup: model, cache(s) and StepSettings.
+
+    A step is one graph: the model's cached forward for the previous tokens, the head slice,
+    guidance and sampling. Where the cache runner splits its decode into a graph that only
+    reads the cache (`_decode`, returning the new keys/values) and one that writes them
+    (`_commit`) -- a graph that both reads and writes a parameter gets a copy of it -- the step
+    graph takes the reading half and the commit follows it; otherwise the runner's `decode`,
+    which writes the cache itself, is called inside the step graph.
+    """
+
+    def __init__(self, model, runner, uncond_runner, head, settings: StepSettings):
+        super().__init__()
+        # held outside the Cell tree: their parameters keep their own names
+        object.__setattr__(self, "lm", model)
+        object.__setattr__(self, "runner", runner)
+        object.__setattr__(self, "runner_u", uncond_runner)
+        object.__setattr__(self, "head", head)
+        self.settings = settings
+        self.mode = settings.mode
+        self.start = settings.start
+        self.scale = settings.cfg_scale
+        self.sampling = settings.sampling
+        self.eos = settings.eos
+        self.pad = settings.pad
+        self.matmul = ops.MatMul(transpose_b=True)
+        self.two_phase = hasattr(runner, "_commit") and hasattr(runner, "_decode")
+
+    # -- inside the graphs --
+
+    def _run(self, runner, tokens, slot):
+        if self.two_phase:
+            h, ks, vs = runner._decode(tokens, slot)
+            return h, (ks, vs)
+        h = runner.decode(tokens, slot)
+        return h, (h,)  # returned so that the graph keeps the cache writes
+
+    def _forward(self, tokens, slot, slot_u):
+        """Hidden states of the cond (or cond+uncond) and uncond rows, and what `_commit` needs."""
+        if self.mode == "batched":
+            h, kv = self._run(self.runner, ops.cat((tokens, tokens)), slot)
+            return h, h, (kv, kv)
+        if self.mode == "unbatched":
+            h, kv = self._run(self.runner, tokens, slot)
+            hu, kvu = self._run(self.runner_u, tokens, slot_u)
+            return h, hu, (kv, kvu)
+        h, kv = self._run(self.runner, tokens, slot)
+        return h, h, (kv, kv)
+
+    def _scores(self, h, hu):
+        w = self.head.weight
+        logits = self.matmul(h.astype(w.dtype), w).astype(ms.float32)
+        if self.mode == "batched":
+            b = logits.shape[0] // 2
+            return guide(logits[:b], logits[b:], self.scale)
+        if self.mode == "unbatched":
+            return guide(logits, self.matmul(hu.astype(w.dtype), w).astype(ms.float32), self.scale)
+        return logits
+
+    def _pick(self, h, hu, step, table, u_all, done):
+        forced = ops.gather(table, step, 0)
+        idx = sample(self._scores(h, hu), ops.gather(u_all, step, 0), self.sampling)
+        tok = ops.where(forced >= 0, forced, idx + self.start)
+        tok = ops.where(done, ops.full_like(tok, self.pad), tok)
+        return tok, ops.logical_or(done, tok == self.eos)
+
+    @ms.jit
+    def first(self, h, hu, step, table, u_all, done):
+        """The token of position 0 from the prefill's hidden states."""
+        return self._pick(h, hu, step, table, u_all, done)
+
+    @ms.jit
+    def _step(self, tokens, slot, slot_u, step, table, u_all, done):
+        h, hu, kv = self._forward(tokens, slot, slot_u)
+        tok, done = self._pick(h, hu, step, table, u_all, done)
+        return tok, done, kv
+
+    @ms.jit
+    def _feed(self, tokens, slot, slot_u):
+        _, _, kv = self._forward(tokens, slot, slot_u)
+        return kv
+
+    @ms.jit
+    def first_scores(self, h, hu):
+        return self._scores(h, hu)
+
+    @ms.jit
+    def _step_scores(self, tokens, slot, slot_u):
+        h, hu, kv = self._forward(tokens, slot, slot_u)
+        return self._scores(h, hu), kv
+
+    # -- host side: a graph, then the commit --
+
+    def _commit(self, kv, slot, slot_u) -> None:
+        if not self.two_phase:
+            return
+        for r, (ks, vs), at in ((self.runner, kv[0], slot), (self.runner_u, kv[1], slot_u)):
+            r._commit(ms.mutable(ks), ms.mutable(vs), r.one_per_row, at, False)
+            if self.mode != "unbatched":
+                break
+
+    def step(self, tokens, slot, slot_u, step, table, u_all, done):
+        """Decode the previous tokens at cache slot `slot` (and `slot_u`), pick position `step`."""
+        tok, done, kv = self._step(tokens, slot, slot_u, step, table, u_all, done)
+        self._commit(kv, slot, slot_u)
+        return tok, done
+
+    def feed(self, tokens, slot, slot_u) -> None:
+        """Decode the previous tokens only (the next position is forced for every row)."""
+        self._commit(self._feed(tokens, slot, slot_u), slot, slot_u)
+
+    def step_scores(self, tokens, slot, slot_u):
+        scores, kv = self._step_scores(tokens, slot, slot_u)
+        self._commit(kv, slot, slot_u)
+        return scores
+
+
+# ---- caches and compiled graphs, kept per model --------------------------------------------------
+#
+# The step graphs call the compiled prefill/decode of emu3_lm's cache runner (`_CachedRunner`
+# over a `KVCache`) inside their own graph, so that one step is one graph. The runners are made
+# here rather than through `model.setup_cache`, which holds a single cache: the unbatched
+# guidance branch needs a second one, and keeping a few caches lets calls that alternate between
+# batch sizes (guided images, answers) reuse their compiled graphs instead of compiling again.
+
+KEEP_CACHE_BYTES = 1 << 30  # caches kept for reuse beyond those of the current call
+
+_STATE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _state(model) -> dict:
+    st = _STATE.get(model)
+    if st is None:
+        st = {"heads": {}, "runners": OrderedDict(), "graphs": {}}
+        _STATE[model] = st
+    return st
+
+
+def _round_up(n: int, m: int) -> int:
+    return (n + m - 1) // m * m
+
+
+def _cache_bytes(runner) -> int:
+    c = runner.cache
+    per_layer = 2 * c.batch_size * c.num_kv_heads * c.max_seq_len * c.head_dim * c.k[0].itemsize
+    return per_layer * len(c.k)
+
+
+def _runner(model, role: str, batch: int, length: int):
+    """A cache of `batch` rows and `length` slots with its compiled prefill/decode, reused when
+    one of that size (and role: "cond" or "uncond") is kept."""
+    from emu3_lm.model import KVCache, _CachedRunner
+
+    runners = _state(model)["runners"]
+    key = (role, batch, length, model.dtype)
+    r = runners.pop(key, None)
+    if r is None:
+        c = model.config
+        cache = KVCache(c.num_hidden_layers, batch, c.num_key_value_heads, length, c.head_dim, model.dtype)
+        r = _CachedRunner(model, cache)
+    runners[key] = r  # most recently used last
+    return r
+
+
+def _evict(model, keep) -> None:
+    """Drop the least recently used caches (not those in `keep`) beyond KEEP_CACHE_BYTES, and
+    the graphs bound to dropped caches or heads."""
+    st = _state(model)
+    runners = st["runners"]
+    extra = [k for k, r in runners.items() if not any(r is x for x in keep)]
+    while extra and sum(_cache_bytes(runners[k]) for k in extra) > KEEP_CACHE_BYTES:
+        del runners[extra.pop(0)]
+    live = list(runners.values())
+    heads = [model.lm_head, *st["heads"].values()]
+
+    def alive(x, pool):
+        return any(x is y for y in pool)
+
+    st["graphs"] = {k: g for k, g in st["graphs"].items()
+                    if alive(g.runner, live) and (g.runner_u is None or alive(g.runner_u, live))
+                    and alive(g.head, heads)}
+
+
+def _head(model, start: int, stop: int):
+    """lm_head rows [start, stop): the model's own Cell for the whole vocabulary, else a copy
+    refreshed from the model's weights at every call (so changed weights are never stale)."""
+    if start == 0 and stop == model.config.vocab_size:
+        return model.lm_head
+    heads = _state(model)["heads"]
+    rows = model.lm_head.weight[start:stop]
+    head = heads.get((start, stop))
+    if head is None:
+        heads.clear()  # one slice at a time: it can be large
+        head = heads[(start, stop)] = _Head(rows.copy())
+    else:
+        ops.assign(head.weight, rows)
+    return head
+
+
+def _graphs(model, runner, runner_u, head, settings: StepSettings) -> StepGraphs:
+    """The step graphs for this setup, compiled on first use and kept with their caches."""
+    graphs = _state(model)["graphs"]
+    key = (id(runner), id(runner_u), id(head), settings)
+    g = graphs.get(key)
+    if g is None:
+        g = graphs[key] = StepGraphs(model, runner, runner_u, head, settings)
+    return g
+
+
+# ---- the loop ------------------------------------------------------------------------------------
+
+@dataclass
+class Setup:
+    """Everything one generation call prepared: graphs, prompt lengths, device-side state."""
+
+    graphs: StepGraphs
+    h: Tensor  # hidden states after the prefill (cond rows, or cond+uncond rows)
+    hu: Tensor  # uncond hidden states (unbatched guidance), else h
+    slot0: int  # first free cache slot (the padded prompt length)
+    slot0_u: int
+
+
+def _as_rows(prompts) -> list[list[int]]:
+    if isinstance(prompts, np.ndarray):
+        prompts = prompts.tolist()
+    rows = [[int(t) for t in p] for p in prompts]
+    if not rows:
+        raise ValueError("no prompts given")
+    return rows
+
+
+def prefill(model, prompts, negative_prompts=None, *, cfg_scale: float = 1.0, batched_cfg: bool = True,
+            new_tokens: int, vocab_range: tuple[int, int] | None = None, sampling: Sampling = GREEDY,
+            eos_id: int | None = None, pad_id: int | None = None) -> Setup:
+    """Allocate the cache(s), run the prompts through the model, compile the step graphs.
+
+    prompts: B token id lists (different lengths are left-padded). negative_prompts: B lists
+    for guidance (needed when cfg_scale != 1). new_tokens: positions that will be generated
+    (sizes the cache). vocab_range: the lm_head rows that are sampled (default: all).
+    """
+    cfg = model.config
+    prompts = _as_rows(prompts)
+    b = len(prompts)
+    guided = cfg_scale != 1.0
+    if guided:
+        if negative_prompts is None:
+            raise ValueError("classifier-free guidance (cfg_scale != 1) needs negative_prompts")
+        negative_prompts = _as_rows(negative_prompts)
+        if len(negative_prompts) != b:
+            raise ValueError(f"{len(negative_prompts)} negative prompts for {b} prompts")
+    start, stop = vocab_range if vocab_range is not None else (0, cfg.vocab_size)
+    if not 0 <= start < stop <= cfg.vocab_size:
+        raise ValueError(f"vocab_range must lie in [0, {cfg.vocab_size}), got {vocab_range}")
+    pad = cfg.pad_token_id if pad_id is None else pad_id
+    eos = cfg.eos_token_id if eos_id is None else eos_id
+
+    longest = max(len(p) for p in prompts + (negative_prompts or []))
+    if longest + new_tokens > cfg.max_position_embeddings:
+        raise ValueError(f"a prompt of {longest} tokens plus {new_tokens} generated tokens exceeds the "
+                         f"model's context of {cfg.max_position_embeddings} positions")
+    mode = "plain" if not guided else ("batched" if batched_cfg else "unbatched")
+    settings = StepSettings(start, stop, sampling, float(cfg_scale), mode, int(eos), int(pad))
+
+    if mode == "batched":
+        ids, mask = left_pad(prompts + negative_prompts, pad)
+    else:
+        ids, mask = left_pad(prompts, pad)
+    runner = _runner(model, "cond", len(ids), _round_up(len(ids[0]) + new_tokens, CACHE_ROUND))
+    runner_u = ids_u = None
+    if mode == "unbatched":
+        ids_u, mask_u = left_pad(negative_prompts, pad)
+        runner_u = _runner(model, "uncond", b, _round_up(len(ids_u[0]) + new_tokens, CACHE_ROUND))
+    head = _head(model, start, stop)
+    _evict(model, keep=[r for r in (runner, runner_u) if r is not None])
+    graphs = _graphs(model, runner, runner_u, head, settings)
+    h = runner.prefill(Tensor(np.asarray(ids, np.int32)), Tensor(np.asarray(mask, np.int32)))
+    hu, slot0_u = h, 0
+    if mode == "unbatched":
+        hu = runner_u.prefill(Tensor(np.asarray(ids_u, np.int32)), Tensor(np.asarray(mask_u, np.int32)))
+        slot0_u = len(ids_u[0])
+    return Setup(graphs, h, hu, len(ids[0]), slot0_u)
+
+
+def decode_one_token(setup: Setup, tokens, step: int, table, u_all, done):
+    """Position `step` from the tokens of position step-1: one compiled graph."""
+    g = setup.graphs
+    if step == 0:
+        return g.first(setup.h, setup.hu, Tensor(0, ms.int32), table, u_all, done)
+    slot, slot_u = Tensor(setup.slot0 + step - 1, ms.int32), Tensor(setup.slot0_u + step - 1, ms.int32)
+    return g.step(tokens, slot, slot_u, Tensor(step, ms.int32), table, u_all, done)
+
+
+def decode_n_tokens(setup: Setup, table: np.ndarray, *, seed: int | None = None, stop_at_eos: bool = False,
+                    progress: Callable[[Progress], None] | None = None, eol_id: int | None = None,
+                    started: float | None = None) -> np.ndarray:
+    """Generate the positions of `table` ([B, N]; FREE where sampled, else the forced token).
+
+    Returns the tokens [B, N] int64. Forced positions are written without logits; decoding
+    stops after the last FREE position, or, with `stop_at_eos`, once every row has emitted eos
+    (the remaining positions are then pad).
+    """
+    g = setup.graphs
+    b, n = table.shape
+    free = (table == FREE).any(axis=0)
+    free_at = np.nonzero(free)[0]
+    last = int(free_at[-1]) if len(free_at) else -1
+    out = table.astype(np.int64).copy()
+    table_dev = Tensor(np.ascontiguousarray(table.T, dtype=np.int32))  # [N, B]: one row per step
+    u_all = Tensor(uniforms(seed, n, b) if not g.sampling.greedy else np.zeros((n, b), np.float32))
+    done = Tensor(np.zeros(b, dtype=np.bool_))
+    started = time.perf_counter() if started is None else started
+    eol_pos = np.nonzero(table[0] == eol_id)[0] if eol_id is not None else np.zeros(0, np.int64)
+    rows = len(eol_pos) if eol_id is not None else b
+    sampled: list[tuple[int, Tensor]] = []
+    tokens = None
+    finished_at = n
+    for t in range(last + 1):
+        if free[t]:
+            tokens, done = decode_one_token(setup, tokens, t, table_dev, u_all, done)
+            sampled.append((t, tokens))
+        else:
+            if t > 0:
+                g.feed(tokens, Tensor(setup.slot0 + t - 1, ms.int32), Tensor(setup.slot0_u + t - 1, ms.int32))
+            tokens = Tensor(table[:, t].astype(np.int32))
+        if stop_at_eos:
+            flags = done.asnumpy()
+            rows_done = int(flags.sum())
+        else:
+            rows_done = int(np.searchsorted(eol_pos, t, side="right"))
+        if progress is not None:
+            elapsed = time.perf_counter() - started
+            progress(Progress(t + 1, n, rows_done, rows, (t + 1) / elapsed if elapsed > 0 else 0.0, elapsed))
+        if stop_at_eos and rows_done == b:
+            finished_at = t + 1
+            break
+    for t, tok in sampled:
+        out[:, t] = tok.asnumpy()
+    if finished_at < n:
+        out[:, finished_at:] = setup.graphs.pad
+    if progress is not None and finished_at == n and last + 1 < n:  # the forced tail is done too
+        elapsed = time.perf_counter() - started
+        progress(Progress(n, n, rows, rows, n / elapsed if elapsed > 0 else 0.0, elapsed))
+    return out
+
+
+def generate(model, prompts, *, negative_prompts=None, cfg_scale: float = 1.0, batched_cfg: bool = True,
+             table: np.ndarray | None = None, max_new_tokens: int | None = None,
+             vocab_range: tuple[int, int] | None = None, sampling: Sampling = GREEDY, seed: int | None = None,
+             progress: Callable[[Progress], None] | None = None, eos_id: int | None = None,
+             pad_id: int | None = None, eol_id: int | None = None) -> np.ndarray:
+    """Generate for a batch of prompts; returns the new tokens [B, N] int64.
+
+    With `table` ([B, N] or [N], see constraint.py): a constrained block; FREE positions are
+    sampled from `vocab_range` (default: the visual tokens of the model's config), the others
+    forced. Without it: free text over the whole vocabulary, up to `max_new_tokens` (capped by
+    the model's context), stopping when every row has emitted eos (later positions are pad).
+    """
+    started = time.perf_counter()
+    cfg = model.config
+    prompts = _as_rows(prompts)
+    b = len(prompts)
+    if table is not None:
+        table = np.asarray(table, dtype=np.int64)
+        if table.ndim == 1:
+            table = np.broadcast_to(table, (b,) + table.shape)
+        if table.ndim != 2 or table.shape[0] != b:
+            raise ValueError(f"table must be [N] or [{b}, N], got shape {table.shape}")
+        if vocab_range is None:
+            vocab_range = (cfg.first_visual_token_id, cfg.first_visual_token_id + cfg.num_visual_tokens)
+        eol_id = cfg.eol_token_id if eol_id is None else eol_id  # image rows, for progress
+        stop_at_eos = False
+    else:
+        if max_new_tokens is None or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens}")
+        room = cfg.max_position_embeddings - max(len(p) for p in prompts + list(negative_prompts or []))
+        if room < 1:
+            raise ValueError(f"the prompt fills the model's context of {cfg.max_position_embeddings} "
+                             "positions")
+        table = np.full((b, min(max_new_tokens, room)), FREE, dtype=np.int64)
+        stop_at_eos = True
+    setup = prefill(model, prompts, negative_prompts, cfg_scale=cfg_scale, batched_cfg=batched_cfg,
+                    new_tokens=table.shape[1], vocab_range=vocab_range, sampling=sampling, eos_id=eos_id,
+                    pad_id=pad_id)
+    return decode_n_tokens(setup, table, seed=seed, stop_at_eos=stop_at_eos, progress=progress, eol_id=eol_id,
+                           started=started)
+
+
+def guided_scores(model, prompts, negative_prompts, tokens, *, cfg_scale: float, batched_cfg: bool = True,
+                  vocab_range: tuple[int, int] | None = None) -> np.ndarray:
+    """Teacher-forced scores: feed `tokens` ([B, T]) after the prompts and return what the
+    sampler sees at each position, [T, B, n] (guided log-probabilities when cfg_scale != 1,
+    else raw logits). For inspecting guidance and comparing the batched and unbatched branches.
+    """
+    tokens = np.asarray(tokens, dtype=np.int32)
+    setup = prefill(model, prompts, negative_prompts, cfg_scale=cfg_scale, batched_cfg=batched_cfg,
+                    new_tokens=tokens.shape[1], vocab_range=vocab_range)
+    g = setup.graphs
+    out = [g.first_scores(setup.h, setup.hu).asnumpy()]
+    for t in range(1, tokens.shape[1]):
+        out.append(g.step_scores(Tensor(tokens[:, t - 1]), Tensor(setup.slot0 + t - 1, ms.int32),
+                                 Tensor(setup.slot0_u + t - 1, ms.int32)).asnumpy())
+    return np.stack(out)

@@ -1,0 +1,111 @@
+"""Picking the next token from logits: greedy, temperature, top-k, top-p, inside the graph.
+
+Everything here is written with MindSpore ops so that it runs inside the compiled decode
+step. Randomness needs no per-step host work over the vocabulary: one uniform number per row
+and step is drawn up front from numpy's PCG64 with the seed (`uniforms`), and a token is
+picked by inverting the cumulative distribution of the kept candidates. The same seed gives
+the same tokens on every device (up to float rounding of the logits).
+
+Order and semantics follow transformers' warpers: temperature, then top-k (keep the k largest),
+then top-p (keep the smallest set of most probable tokens whose probability reaches p, at least
+one), then sample from the softmax of what is left.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import mindspore as ms
+import numpy as np
+from mindspore import ops
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to pick a token. temperature 0 means greedy (argmax)."""
+
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off; 2048 is the original recipe for images
+    top_p: float = 1.0  # 1.0: off
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+GREEDY = Sampling(temperature=0.0)
+
+
+def uniforms(seed: int | None, steps: int, batch: int) -> np.ndarray:
+    """The uniform numbers in [0, 1) used at each step and row: [steps, batch] float32.
+
+    seed None draws a fresh seed from the operating system.
+    """
+    if seed is None:
+        seed = int.from_bytes(os.urandom(8), "little")
+    rng = np.random.default_rng(seed)
+    return rng.random((max(int(steps), 1), int(batch)), dtype=np.float32)
+
+
+def candidates(logits, top_k: int, top_p: float, temperature: float = 1.0):
+    """The kept candidates, sorted by decreasing logit: (values [B, k], token indices [B, k]).
+
+    Filtered entries have value -inf. `top_k` 0 keeps the whole row (a full sort: slow for a
+    large vocabulary; `sample` avoids it when top-p is off).
+    """
+    x = logits / temperature if temperature != 1.0 else logits
+    n = x.shape[-1]
+    k = top_k if 0 < top_k < n else n
+    values, index = ops.topk(x, k)
+    if top_p < 1.0:
+        probs = ops.softmax(values, -1)
+        mass_before = ops.cumsum(probs, -1) - probs  # probability of strictly better candidates
+        rank = ops.arange(0, k, dtype=ms.int32).reshape(1, -1)
+        drop = ops.logical_and(mass_before >= top_p, rank > 0)
+        values = ops.masked_fill(values, drop, float("-inf"))
+    return values, index
+
+
+def _invert_cdf(values, u):
+    """Index j of the candidate picked by u [B] in [0, 1): the first j whose cumulative mass
+    exceeds u * total mass."""
+    probs = ops.softmax(values, -1)
+    cdf = ops.cumsum(probs, -1)
+    target = u.reshape(-1, 1) * cdf[:, -1:]
+    j = (cdf <= target).astype(ms.int32).sum(-1)
+    return ops.clip(j, 0, values.shape[-1] - 1)
+
+
+def sample(logits, u, sampling: Sampling):
+    """Token index [B] int32 from logits [B, n] (float32) and uniforms u [B]."""
+    if sampling.greedy:
+        return ops.argmax(logits, -1).astype(ms.int32)
+    n = logits.shape[-1]
+    if (sampling.top_k == 0 or sampling.top_k >= n) and sampling.top_p >= 1.0:
+        # no filtering: invert the cdf over the row in vocabulary order, no sort needed
+        x = logits / sampling.temperature if sampling.temperature != 1.0 else logits
+        return _invert_cdf(x, u).astype(ms.int32)
+    values, index = candidates(logits, sampling.top_k, sampling.top_p, sampling.temperature)
+    j = _invert_cdf(values, u).reshape(-1, 1)
+    return ops.gather_elements(index, 1, j.astype(index.dtype)).reshape(-1).astype(ms.int32)
+
+
+def filtered_logits(logits, sampling: Sampling):
+    """Logits [B, n] after temperature, top-k and top-p, with -inf where filtered out.
+
+    The distribution `sample` draws from is softmax of this (for inspection and tests).
+    """
+    if sampling.greedy:
+        raise ValueError("greedy decoding has no filtered distribution")
+    values, index = candidates(logits, sampling.top_k, sampling.top_p, sampling.temperature)
+    full = ops.full(logits.shape, float("-inf"), dtype=logits.dtype)
+    return ops.tensor_scatter_elements(full, index, values, axis=1)

@@ -1,0 +1,42 @@
+"""Visual question answering: the original multimodal_understanding.py recipe.
+
+Prompt (mode U): bos + "You are a helpful assistant. USER: " + image block + question +
+". ASSISTANT:"; greedy decoding over the whole vocabulary, up to 1024 new tokens, stopping at
+eos; the answer is the decoded text without special tokens.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import numpy as np
+
+from .loop import Progress, generate
+from .sampling import GREEDY, Sampling
+
+
+def _load(image):
+    if isinstance(image, (str, os.PathLike)):
+        from emu3_vq.media import load_image
+
+        return load_image(image)
+    return image
+
+
+def answer(model, processor, image, question: str, max_new_tokens: int = 1024, *,
+           sampling: Sampling = GREEDY, seed: int | None = None,
+           progress: Callable[[Progress], None] | None = None) -> str:
+    """Answer `question` about `image` (a PIL image or a path); greedy unless `sampling` says
+    otherwise. Stops at eos or after max_new_tokens (or at the end of the model's context)."""
+    if not isinstance(question, str):
+        raise ValueError(f"question must be a string, got {type(question).__name__}")
+    codes = processor.encode_images([_load(image)])[0]
+    prompt = processor.understanding_prompt_ids(question, codes)
+    tok = processor.tokenizer
+    tokens = generate(model, [prompt], max_new_tokens=max_new_tokens, sampling=sampling, seed=seed,
+                      progress=progress, eos_id=tok.eos_id, pad_id=tok.pad_id)[0]
+    ends = np.nonzero(tokens == tok.eos_id)[0]
+    if len(ends):
+        tokens = tokens[: ends[0]]
+    return tok.decode(tokens, skip_special_tokens=True).strip()
