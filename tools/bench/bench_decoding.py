@@ -96,11 +96,6 @@ def main(argv=None) -> int:
     import mindspore as ms
     import torch
     import transformers
-    from transformers.generation import (
-        LogitsProcessor, LogitsProcessorList, PrefixConstrainedLogitsProcessor,
-        UnbatchedClassifierFreeGuidanceLogitsProcessor,
-    )
-
     from emu3_decoding.constraint import FREE, VisualIds, extract_codes, image_table
     from emu3_decoding.loop import generate
     from emu3_decoding.sampling import GREEDY, Sampling
@@ -109,6 +104,12 @@ def main(argv=None) -> int:
     from emu3_vq.checkpoint import hf_config_dict
     from emu3_vq.config import Emu3VQConfig
     from emu3_vq.model import Emu3VQModel
+    from transformers.generation import (
+        LogitsProcessor,
+        LogitsProcessorList,
+        PrefixConstrainedLogitsProcessor,
+        UnbatchedClassifierFreeGuidanceLogitsProcessor,
+    )
 
     if args.threads:
         ms.set_context(runtime_num_threads=args.threads)
@@ -228,7 +229,7 @@ def main(argv=None) -> int:
     system = rng.integers(0, ids.pad, 10).tolist()
 
     def vqa_prompt(img_codes):
-        hh, ww = img_codes.shape
+        hh = img_codes.shape[0]
         rows_ = np.concatenate([img_codes + ids.visual_start, np.full((hh, 1), ids.eol)], axis=1).reshape(-1)
         block = [ids.boi, *rng_size, ids.img, *rows_.tolist(), ids.eof, ids.eoi]
         return [ids.bos, *system, *block, *question]
@@ -278,7 +279,7 @@ def main(argv=None) -> int:
                        "transformers": transformers.__version__}
     print(f"\n{'case':70s} {'ours':>9s} {'peer':>9s} {'unit':>9s} {'ratio':>6s}")
     for r in rows:
-        fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
+        fmt = lambda v: "-" if v is None else f"{v:.4g}"
         print(f"{r['case']:70s} {fmt(r['ours']):>9s} {fmt(r['peer']):>9s} {r['unit']:>9s} "
               f"{fmt(r['ratio']):>6s}")
     if args.out:

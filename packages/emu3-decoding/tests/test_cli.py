@@ -2,11 +2,10 @@
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from emu3_decoding.demo import build_demo_lm
 from emu3_vq.cli import main
 from emu3_vq.tiny import build_tiny_checkpoint
+from PIL import Image
 
 
 @pytest.fixture(scope="module")

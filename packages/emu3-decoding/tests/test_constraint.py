@@ -2,10 +2,16 @@
 
 import numpy as np
 import pytest
-
 from emu3_decoding.constraint import (
-    FREE, VisualIds, block_tokens, extract_codes, frame_table, image_table, last_free,
-    stack_tables, video_table,
+    FREE,
+    VisualIds,
+    block_tokens,
+    extract_codes,
+    frame_table,
+    image_table,
+    last_free,
+    stack_tables,
+    video_table,
 )
 
 IDS = VisualIds()

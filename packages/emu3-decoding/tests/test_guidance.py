@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
-from mindspore import Tensor
-
 from emu3_decoding.guidance import left_pad
 from emu3_decoding.loop import guided_scores
+from mindspore import Tensor
 
 SCALE = 3.0
 
@@ -41,7 +40,7 @@ def test_batched_and_unbatched_give_the_same_guided_scores(tiny_model, ids):
     cond, neg = prompts(ids)
     tokens = forced_tokens(ids, 2, 8)
     vis = (ids.visual_start, ids.visual_stop)
-    kw = dict(cfg_scale=SCALE, vocab_range=vis)
+    kw = {"cfg_scale": SCALE, "vocab_range": vis}
     batched = guided_scores(tiny_model, cond, neg, tokens, batched_cfg=True, **kw)
     unbatched = guided_scores(tiny_model, cond, neg, tokens, batched_cfg=False, **kw)
     assert batched.shape == (8, 2, ids.num_visual)

@@ -1,12 +1,13 @@
 """The decode loop: constrained blocks, seeds, progress, early stop, forced steps, cache reuse."""
 
+import itertools
+
 import numpy as np
 import pytest
-from mindspore import ops
-
 from emu3_decoding import loop
 from emu3_decoding.constraint import FREE, extract_codes, image_table, stack_tables
 from emu3_decoding.sampling import Sampling
+from mindspore import ops
 
 
 def prompt(ids, text):
@@ -52,7 +53,7 @@ def test_forced_positions_need_no_logits(tiny_model, ids, monkeypatch):
     out = loop.generate(tiny_model, [prompt(ids, [11])], table=table, progress=events.append, eol_id=ids.eol)
     assert sorted(calls) == np.nonzero(table == FREE)[0].tolist()  # sampled positions only
     assert [e.step for e in events][-1] == len(table)
-    assert all(a.step < b.step for a, b in zip(events, events[1:]))
+    assert all(a.step < b.step for a, b in itertools.pairwise(events))
     assert events[-1].rows_done == events[-1].rows == h
     assert [e.rows_done for e in events if e.step <= w + 1][-1] == 1  # first row done at its eol
     extract_codes(out[0], 1, h, w, ids)
@@ -77,7 +78,7 @@ def test_cache_reuse_across_calls(tiny_model, ids):
     short, long = [prompt(ids, [11])], [prompt(ids, [21, 22, 23, 24, 25, 26, 27])]
     graphs = []
     for batched in (True, False):
-        kw = dict(negative_prompts=neg, cfg_scale=2.0, batched_cfg=batched, table=table)
+        kw = {"negative_prompts": neg, "cfg_scale": 2.0, "batched_cfg": batched, "table": table}
         first = loop.generate(tiny_model, short, **kw)
         graphs.append(set(map(id, loop._state(tiny_model)["graphs"].values())))
         loop.generate(tiny_model, long, **kw)

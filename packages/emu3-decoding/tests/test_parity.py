@@ -12,15 +12,16 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-import mindspore as ms  # noqa: E402
-from transformers.generation import (  # noqa: E402
-    LogitsProcessorList, PrefixConstrainedLogitsProcessor, UnbatchedClassifierFreeGuidanceLogitsProcessor,
+import mindspore as ms
+from emu3_decoding.constraint import VisualIds, image_table
+from emu3_decoding.loop import generate
+from emu3_lm.config import Emu3LMConfig
+from emu3_lm.model import Emu3ForCausalLM
+from transformers.generation import (
+    LogitsProcessorList,
+    PrefixConstrainedLogitsProcessor,
+    UnbatchedClassifierFreeGuidanceLogitsProcessor,
 )
-
-from emu3_decoding.constraint import VisualIds, image_table  # noqa: E402
-from emu3_decoding.loop import generate  # noqa: E402
-from emu3_lm.config import Emu3LMConfig  # noqa: E402
-from emu3_lm.model import Emu3ForCausalLM  # noqa: E402
 
 pytestmark = pytest.mark.parity
 

@@ -4,12 +4,13 @@ import mindspore as ms
 import numpy as np
 import pytest
 import torch
+from emu3_decoding.sampling import GREEDY, Sampling, filtered_logits, sample, uniforms
 from mindspore import Tensor, nn
 from transformers.generation.logits_process import (
-    TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
 )
-
-from emu3_decoding.sampling import GREEDY, Sampling, filtered_logits, sample, uniforms
 
 
 def torch_filtered(logits, s: Sampling):

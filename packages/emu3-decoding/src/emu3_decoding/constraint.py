@@ -42,14 +42,14 @@ class VisualIds:
         return self.visual_start + self.num_visual
 
     @classmethod
-    def from_tokenizer(cls, tok) -> "VisualIds":
+    def from_tokenizer(cls, tok) -> VisualIds:
         """The ids an `emu3_lm.tokenizer.Emu3Tokenizer` assigns."""
         return cls(img=tok.img_id, boi=tok.boi_id, eoi=tok.eoi_id, eol=tok.eol_id, eof=tok.eof_id,
                    eos=tok.eos_id, pad=tok.pad_id, bos=tok.bos_id, visual_start=tok.first_visual_id,
                    num_visual=tok.num_visual_tokens)
 
     @classmethod
-    def from_config(cls, cfg) -> "VisualIds":
+    def from_config(cls, cfg) -> VisualIds:
         """The ids an `emu3_lm.config.Emu3LMConfig` records."""
         return cls(img=cfg.img_token_id, boi=cfg.boi_token_id, eoi=cfg.eoi_token_id, eol=cfg.eol_token_id,
                    eof=cfg.eof_token_id, eos=cfg.eos_token_id, pad=cfg.pad_token_id, bos=cfg.bos_token_id,

@@ -8,7 +8,7 @@ decoded by the vision tokenizer through the processor.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import mindspore as ms
 import numpy as np
@@ -190,7 +190,7 @@ class StepGraphs(nn.Cell):
 
 # ---- caches and compiled graphs, kept per model --------------------------------------------------
 #
-# The step graphs call the compiled prefill/decode of emu3_lm's cache runner (`_CachedRunner`
+# The step graphs call the compiled prefill/decode of emu3_lm's cache runner (`CachedRunner`
 # over a `KVCache`) inside their own graph, so that one step is one graph. The runners are made
 # here rather than through `model.setup_cache`, which holds a single cache: the unbatched
 # guidance branch needs a second one, and keeping a few caches lets calls that alternate between
@@ -198,7 +198,7 @@ class StepGraphs(nn.Cell):
 
 KEEP_CACHE_BYTES = 1 << 30  # caches kept for reuse beyond those of the current call
 
-_STATE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_STATE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _state(model) -> dict:
@@ -222,7 +222,7 @@ def _cache_bytes(runner) -> int:
 def _runner(model, role: str, batch: int, length: int):
     """A cache of `batch` rows and `length` slots with its compiled prefill/decode, reused when
     one of that size (and role: "cond" or "uncond") is kept."""
-    from emu3_lm.model import KVCache, _CachedRunner
+    from emu3_lm.model import KVCache, CachedRunner
 
     runners = _state(model)["runners"]
     key = (role, batch, length, model.dtype)
@@ -230,7 +230,7 @@ def _runner(model, role: str, batch: int, length: int):
     if r is None:
         c = model.config
         cache = KVCache(c.num_hidden_layers, batch, c.num_key_value_heads, length, c.head_dim, model.dtype)
-        r = _CachedRunner(model, cache)
+        r = CachedRunner(model, cache)
     runners[key] = r  # most recently used last
     return r
 

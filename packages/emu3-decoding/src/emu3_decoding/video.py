@@ -17,7 +17,7 @@ decoded in the context of the old ones) and the new frames are returned.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image

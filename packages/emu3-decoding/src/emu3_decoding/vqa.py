@@ -8,7 +8,7 @@ eos; the answer is the decoded text without special tokens.
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -30,7 +30,7 @@ def answer(model, processor, image, question: str, max_new_tokens: int = 1024, *
     """Answer `question` about `image` (a PIL image or a path); greedy unless `sampling` says
     otherwise. Stops at eos or after max_new_tokens (or at the end of the model's context)."""
     if not isinstance(question, str):
-        raise ValueError(f"question must be a string, got {type(question).__name__}")
+        raise TypeError(f"question must be a string, got {type(question).__name__}")
     codes = processor.encode_images([_load(image)])[0]
     prompt = processor.understanding_prompt_ids(question, codes)
     tok = processor.tokenizer

@@ -281,10 +281,13 @@ class KVCache(nn.Cell):
         return self.k[i].reshape(shape), self.v[i].reshape(shape)
 
 
-class _CachedRunner(nn.Cell):
+class CachedRunner(nn.Cell):
     """The compiled prefill/extend/decode steps of one model over one KVCache.
 
-    A new cache (other batch size or length) gets a new runner, hence fresh compiled graphs;
+    Public so that a caller can own several caches (e.g. the unbatched guidance branch of
+    emu3-decoding) and call `prefill`/`decode` from inside its own compiled graph, making a whole
+    decode step one graph: `CachedRunner(model, KVCache(...))`. `model.setup_cache` is the
+    simple path, one cache per model. A new cache (other batch size or length) gets a new runner, hence fresh compiled graphs;
     the model and the cache are held outside the Cell tree so their parameters keep their names.
     """
 
@@ -423,7 +426,7 @@ class Emu3ForCausalLM(nn.Cell):
         c = self.config
         cache = KVCache(c.num_hidden_layers, batch_size, c.num_key_value_heads, max_seq_len, c.head_dim,
                         self.dtype)
-        object.__setattr__(self, "_runner", _CachedRunner(self, cache))
+        object.__setattr__(self, "_runner", CachedRunner(self, cache))
         return cache
 
     def _check_tokens(self, input_ids, attention_mask, start: int):
