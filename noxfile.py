@@ -1,7 +1,7 @@
 """Every session a release needs: per-package tests, isolated wheel installs, layering,
 integration across packages, the slow tests, benchmarks, and a demo of the main job.
 
-    nox -t ci                          # what CI runs (README's test command)
+    nox -t ci                          # README's test command: layering, isolated, integration
     nox -s "tests(package='emu3-vq')"  # one package, with only its declared siblings
     nox -s "isolated(package='emu3-vq')"
     nox -s layering integration slow bench demo
@@ -68,7 +68,7 @@ def _env(session: nox.Session) -> dict:
     return {"GLOG_v": "3", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
-@nox.session(tags=["ci"])
+@nox.session
 @nox.parametrize("package", PACKAGES)
 def tests(session: nox.Session, package: str) -> None:
     """Editable install of one package and its declared siblings only; run its tests."""
