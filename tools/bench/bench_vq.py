@@ -37,22 +37,30 @@ def best(fn, repeat: int) -> tuple[float, object]:
 
 
 def profile_ours(model, x: np.ndarray, codes: np.ndarray, repeat: int) -> list[dict]:
-    """Time our stages separately (graphs already compiled by the main run)."""
+    """Time our compiled stages one by one (graphs already compiled by the main run)."""
     import mindspore as ms
 
     rows = []
-    xt = ms.Tensor(x)
-    t, f = best(lambda: model._encode_frames(xt).asnumpy(), repeat)
-    rows.append(("encode: 2-D encoder (1 frame)", t))
-    ft = ms.Tensor(f)
-    t, _ = best(lambda: model._codes_from_images(ft).asnumpy(), repeat)
-    rows.append(("encode: temporal + quantize", t))
+    h = ms.Tensor(x)
+    names = ["encoder conv_in"] + [f"encoder level {i}" for i in range(len(model.encoder.down))] + [
+        "encoder mid + out"]
+    for name, stage in zip(names, model._encoder_stages):
+        t, out = best(lambda: stage(h).asnumpy(), repeat)
+        rows.append((name, t))
+        h = ms.Tensor(out)
+    t, _ = best(lambda: model._codes_from_images(h).asnumpy(), repeat)
+    rows.append(("encoder temporal + quantize", t))
     ct = ms.Tensor(codes.astype(np.int32))
     t, (hs, zq) = best(lambda: tuple(o.asnumpy() for o in model._latents(ct.expand_dims(1))), repeat)
-    rows.append(("decode: codebook + temporal", t))
-    h0, z0 = ms.Tensor(hs[:, 0]), ms.Tensor(zq[:, 0])
-    t, _ = best(lambda: model._decode_frames(h0, z0).asnumpy(), repeat)
-    rows.append(("decode: 2-D decoder (1 frame)", t))
+    rows.append(("decoder codebook + temporal", t))
+    h, z = ms.Tensor(hs[:, 0]), ms.Tensor(zq[:, 0])
+    levels = len(model.decoder.up)
+    names = ["decoder conv_in + mid"] + [f"decoder level {i}" for i in reversed(range(levels))] + [
+        "decoder norm_out + conv_out"]
+    for name, stage in zip(names, model._decoder_stages):
+        t, out = best(lambda: stage(h, z).asnumpy(), repeat)
+        rows.append((name, t))
+        h = ms.Tensor(out)
     return [{"stage": name, "s": round(s, 4)} for name, s in rows]
 
 

@@ -9,12 +9,17 @@ without a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from importlib.metadata import entry_points
 from typing import Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
+
+# MindSpore reads its log level once, at import: keep the command's output to warnings we emit
+# ourselves unless the user asked for MindSpore's own (GLOG_v=1 or 2).
+os.environ.setdefault("GLOG_v", "3")
 
 
 class UserError(Exception):
