@@ -17,3 +17,63 @@ def pytest_configure(config):
         mod = importlib.import_module(module)
         if "site-packages" not in (mod.__file__ or ""):
             raise RuntimeError(f"{module} imported from {mod.__file__}, expected the installed wheel")
+
+
+# ---- README examples ---------------------------------------------------------------------------
+# Each package's tests/test_readme.py runs the ```python blocks of its README through this, so
+# the documentation cannot drift from the code. A `print(...)  # text` line promises output:
+# each part of `text` (split at "...", cut at " here") must appear in what its block printed.
+
+import contextlib  # noqa: E402
+import io  # noqa: E402
+import re  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+_FENCE = re.compile(r"^```(\w*)[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
+_PRINT_COMMENT = re.compile(r"^\s*print\(.*\)\s+#\s*(.+?)\s*$")
+
+
+class ReadmeExamples:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def blocks(self, lang: str) -> list[tuple[int, str]]:
+        """(first line number of the code, code) of every fenced block in `lang`."""
+        text = self.path.read_text(encoding="utf-8")
+        return [(text.count("\n", 0, m.start(2)) + 1, m.group(2))
+                for m in _FENCE.finditer(text) if m.group(1) == lang]
+
+    @staticmethod
+    def promised_output(code: str) -> list[str]:
+        """The fragments of output that the `print(...)  # text` comments of a block promise."""
+        fragments = []
+        for line in code.splitlines():
+            m = _PRINT_COMMENT.match(line)
+            if m:
+                text = re.sub(r"\s+here\b.*$", "", m.group(1))  # "X here (elsewhere Y)": X
+                fragments += [part.strip() for part in text.split("...") if part.strip()]
+        return fragments
+
+    def run(self, blocks: list[tuple[int, str]]) -> None:
+        """Execute the blocks in order, in one namespace."""
+        namespace: dict = {"__name__": "__readme__"}
+        for line, code in blocks:
+            # padded so that a traceback names the README's own line numbers
+            compiled = compile("\n" * (line - 1) + code, str(self.path), "exec")
+            out = io.StringIO()
+            try:
+                with contextlib.redirect_stdout(out):
+                    exec(compiled, namespace)
+            except Exception as exc:
+                raise AssertionError(f"README example at line {line} failed: {exc!r}") from exc
+            for fragment in self.promised_output(code):
+                assert fragment in out.getvalue(), (
+                    f"README example at line {line} promises output {fragment!r}; it printed:\n{out.getvalue()}")
+
+
+@pytest.fixture
+def readme(request) -> ReadmeExamples:
+    """The README.md of the package whose tests/ holds the requesting test."""
+    return ReadmeExamples(Path(request.path).resolve().parents[1] / "README.md")

@@ -13,8 +13,6 @@ user cache ($XDG_CACHE_HOME/emu3 or ~/.cache/emu3) and reused afterwards.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -23,7 +21,6 @@ import numpy as np
 LM_PRESET = "tiny"
 VQ_PRESET = "tiny"
 LAYOUT_VERSION = 1  # bump when what build_demo_lm writes changes, so cached copies are rebuilt
-_STAMP = ".emu3-demo-lm.json"
 
 
 def random_lm_state(config, seed: int = 0) -> dict[str, np.ndarray]:
@@ -61,26 +58,10 @@ def build_demo_lm(directory, seed: int = 0, preset: str = LM_PRESET) -> Path:
 
 def default_model_dirs(seed: int = 0, quiet: bool = False) -> tuple[Path, Path]:
     """(LM directory, VQ directory) of the embedded demo model, built on first use."""
-    from emu3_vq.tiny import cache_root, default_model_dir
+    from emu3_vq.tiny import cached_build, default_model_dir
 
     stamp = {"layout_version": LAYOUT_VERSION, "preset": LM_PRESET, "seed": seed}
-    target = cache_root() / f"demo-lm-{LM_PRESET}-seed{seed}"
-    try:
-        current = json.loads((target / _STAMP).read_text())
-    except (OSError, ValueError):
-        current = None
-    if current != stamp:
-        # built beside the target and renamed: never a half-built model where it would be used
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{target.name}.{os.getpid()}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        build_demo_lm(tmp, seed)
-        (tmp / _STAMP).write_text(json.dumps(stamp))
-        shutil.rmtree(target, ignore_errors=True)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process won the race: use its copy
-            shutil.rmtree(tmp, ignore_errors=True)
+    target = cached_build(f"demo-lm-{LM_PRESET}-seed{seed}", stamp, lambda d: build_demo_lm(d, seed))
     vq_dir = default_model_dir(VQ_PRESET, seed, quiet=True)
     if not quiet:
         print(f"emu3: note: no --model given, using the embedded demo model ({LM_PRESET} LM at {target}, "

@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -25,7 +26,7 @@ from .weights import atomic_write, write_checkpoint
 _PIXEL_LIMITS = {"micro": (32 * 32, 96 * 96), "tiny": (64 * 64, 256 * 256)}
 # Bump when the checkpoint written here changes, so that cached copies are rebuilt.
 LAYOUT_VERSION = 2
-_STAMP = ".emu3-tiny-vq.json"
+_STAMP = ".emu3-build-stamp.json"  # what a cached build was made from
 
 
 # ---- the original key table -------------------------------------------------------------
@@ -186,30 +187,39 @@ def cache_root() -> Path:
     return Path(base) / "emu3"
 
 
-def default_model_dir(preset: str = "micro", seed: int = 0, quiet: bool = False) -> Path:
-    """The embedded demo model: built once into the user cache, then reused.
+def cached_build(name: str, stamp: dict, build: Callable[[Path], object]) -> Path:
+    """`cache_root()/name`, built by `build(directory)` unless a copy with this `stamp` is there.
 
-    Prints a note to stderr that it is an untrained demo model (unless `quiet`).
+    Built beside the target and renamed into place, so a concurrent or interrupted build never
+    leaves a half-built model where it would be used. Shared with emu3-decoding's demo LM.
     """
-    stamp = {"layout_version": LAYOUT_VERSION, "preset": preset, "seed": seed}
-    target = cache_root() / f"tiny-vq-{preset}-seed{seed}"
+    target = cache_root() / name
     try:
         current = json.loads((target / _STAMP).read_text())
     except (OSError, ValueError):
         current = None
     if current != stamp:
-        # build beside the target and rename, so a concurrent or interrupted build never
-        # leaves a half-built model where it would be used
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".{target.name}.{os.getpid()}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        build_tiny_checkpoint(tmp, preset, seed)
+        build(tmp)
         (tmp / _STAMP).write_text(json.dumps(stamp))
         shutil.rmtree(target, ignore_errors=True)
         try:
             os.replace(tmp, target)
         except OSError:  # another process won the race: use its copy
             shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def default_model_dir(preset: str = "micro", seed: int = 0, quiet: bool = False) -> Path:
+    """The embedded demo model: built once into the user cache, then reused.
+
+    Prints a note to stderr that it is an untrained demo model (unless `quiet`).
+    """
+    stamp = {"layout_version": LAYOUT_VERSION, "preset": preset, "seed": seed}
+    target = cached_build(f"tiny-vq-{preset}-seed{seed}", stamp,
+                          lambda d: build_tiny_checkpoint(d, preset, seed))
     if not quiet:
         print(f"emu3: note: no --model given, using the embedded demo vision tokenizer ({preset}, "
               f"untrained random weights: codes and images are not meaningful) at {target}",
