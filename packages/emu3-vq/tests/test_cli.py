@@ -106,7 +106,7 @@ def test_default_model_dir_builds_once(tmp_path, monkeypatch, capsys):
     assert (first / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not rebuilt
     assert capsys.readouterr().err == ""
     (first / "model.safetensors").write_bytes(b"")  # a damaged cache is not detected by content,
-    (first / ".emu3-tiny-vq.json").unlink()  # but a missing stamp forces a rebuild
+    (first / tiny._STAMP).unlink()  # but a missing stamp forces a rebuild
     tiny.default_model_dir(quiet=True)
     assert set(read_safetensors(first / "model.safetensors")) == set(checkpoint_keys(first))
 

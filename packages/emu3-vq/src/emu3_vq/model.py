@@ -102,6 +102,9 @@ class SpatialNorm(nn.Cell):
         zh, zw = zq.shape[2], zq.shape[3]
         if h % zh or w % zw:
             raise ValueError(f"SpatialNorm: map {h}x{w} is not a multiple of the latent {zh}x{zw}")
+        # computed from zq alone, the large y and b maps could be scheduled long before they
+        # are used (and held in memory meanwhile): tie them to x
+        zq = ops.depend(zq, x)
         y = repeat_nearest(self.conv_y(zq), h // zh, w // zw)
         b = repeat_nearest(self.conv_b(zq), h // zh, w // zw)
         return self.norm_layer(x) * y + b
