@@ -46,7 +46,7 @@ def profile_ours(model, x: np.ndarray, codes: np.ndarray, repeat: int) -> list[d
     names = ["encoder conv_in"] + [f"encoder level {i}" for i in range(len(model.encoder.down))] + [
         "encoder mid + out"]
     for name, stage in zip(names, model._encoder_stages):
-        t, out = best(lambda: stage(h).asnumpy(), repeat)
+        t, out = best(lambda stage=stage, h=h: stage(h).asnumpy(), repeat)
         rows.append((name, t))
         h = ms.Tensor(out)
     t, _ = best(lambda: model._codes_from_images(h).asnumpy(), repeat)
@@ -59,7 +59,7 @@ def profile_ours(model, x: np.ndarray, codes: np.ndarray, repeat: int) -> list[d
     names = ["decoder conv_in + mid"] + [f"decoder level {i}" for i in reversed(range(levels))] + [
         "decoder norm_out + conv_out"]
     for name, stage in zip(names, model._decoder_stages):
-        t, out = best(lambda: stage(h, z).asnumpy(), repeat)
+        t, out = best(lambda stage=stage, h=h: stage(h, z).asnumpy(), repeat)
         rows.append((name, t))
         h = ms.Tensor(out)
     return [{"stage": name, "s": round(s, 4)} for name, s in rows]
@@ -106,20 +106,21 @@ def main(argv=None) -> int:
 
         # the peer first: torch gives its memory back, MindSpore's CPU pool keeps what it took
         with torch.no_grad():
-            enc_peer, peer_codes = best(lambda: peer.encode(xt, sizes).image_tokens[0].numpy()[None], args.repeat)
+            enc_peer, peer_codes = best(
+                lambda xt=xt, sizes=sizes: peer.encode(xt, sizes).image_tokens[0].numpy()[None], args.repeat)
             ct = torch.tensor(peer_codes.astype(np.int64))
-            dec_peer, peer_img = best(lambda: peer.decode(ct).numpy(), args.repeat)
+            dec_peer, peer_img = best(lambda ct=ct: peer.decode(ct).numpy(), args.repeat)
         gc.collect()
 
         t0 = time.perf_counter()
         codes = ours.encode(x).asnumpy()
         enc_first = time.perf_counter() - t0
-        enc_ours, codes = best(lambda: ours.encode(x).asnumpy(), args.repeat)
+        enc_ours, codes = best(lambda x=x: ours.encode(x).asnumpy(), args.repeat)
         agree = float((codes == peer_codes).mean())
         t0 = time.perf_counter()
         img = ours.decode(peer_codes).asnumpy()
         dec_first = time.perf_counter() - t0
-        dec_ours, img = best(lambda: ours.decode(peer_codes).asnumpy(), args.repeat)
+        dec_ours, img = best(lambda c=peer_codes: ours.decode(c).asnumpy(), args.repeat)
         diff = float(np.abs(img - peer_img).max())
 
         for case, o, p, first, extra in [

@@ -4,8 +4,6 @@ import json
 
 import numpy as np
 import pytest
-from mindspore import Tensor
-
 from emu3_vq import weights
 from emu3_vq.checkpoint import (
     HF_TO_ORIGINAL,
@@ -20,6 +18,7 @@ from emu3_vq.checkpoint import (
 from emu3_vq.config import Emu3VQConfig
 from emu3_vq.model import Emu3VQModel
 from emu3_vq.weights import CheckpointError
+from mindspore import Tensor
 
 # two blocks per level so that `attn.1` / `attn_norms.1` and `time_res_stack.1` exist
 SMALL = dict(codebook_size=16, ch=32, ch_mult=(1, 2), num_res_blocks=2, attn_resolutions=(1,))

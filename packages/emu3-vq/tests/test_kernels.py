@@ -3,10 +3,9 @@
 import mindspore as ms
 import numpy as np
 import pytest
-from mindspore import Tensor
-
 from emu3_vq import kernels
 from emu3_vq.kernels import Conv2d, Conv3d, GroupNorm, conv2d_im2col, conv3d_im2col, upsample2x_conv3x3
+from mindspore import Tensor
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional

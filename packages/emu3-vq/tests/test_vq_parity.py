@@ -11,7 +11,6 @@ import json
 import mindspore as ms
 import numpy as np
 import pytest
-
 from emu3_vq import weights
 from emu3_vq.checkpoint import hf_config_dict, state_to_original
 from emu3_vq.config import Emu3VQConfig
@@ -160,9 +159,9 @@ def test_batchnorm3d_training_mode_matches_torch():
 
 
 @pytest.mark.parity
-@pytest.mark.slow
 def test_real_channel_sizes_match_transformers(tmp_path):
-    """The released architecture (ch 256, ch_mult [1,2,2,4], codebook 32768) on one 64x64 image."""
+    """The released architecture (ch 256, ch_mult [1,2,2,4], codebook 32768) on one 64x64 image
+    (about 20 s on 2 cores: building, saving and loading 271 M parameters, compiling)."""
     config = Emu3VQConfig.from_name("emu3-visiontokenizer")
     peer = _peer(config, seed=1)
     peer.save_pretrained(tmp_path)
@@ -223,8 +222,8 @@ def test_shapes_and_types(micro):
 
 def test_frame_batch_does_not_change_results():
     config = Emu3VQConfig.from_name("micro")
-    a = Emu3VQModel(config, frame_batch=1)
-    b = Emu3VQModel(config, frame_batch=4)
+    a = Emu3VQModel(config, frame_batch=1, jit=False)
+    b = Emu3VQModel(config, frame_batch=4, jit=False)
     for (_, pa), (_, pb) in zip(a.parameters_and_names(), b.parameters_and_names()):
         pb.set_data(pa.copy())
     x = _pixels((1, 8, 3, 8, 8), seed=4)

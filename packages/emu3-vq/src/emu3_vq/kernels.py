@@ -379,7 +379,8 @@ class GroupNorm(nn.Cell):
         d = xg - ops.broadcast_to(mean, xg.shape)
         var = mint.mean(d * d, 1, keepdim=True)
         # one factor per (sample, channel): rstd of the channel's group times its weight
-        scale = (ops.rsqrt(var + self.eps).reshape(n, g, 1) * self.weight.reshape(1, g, c // g)).reshape(n * c, 1)
+        rstd = ops.rsqrt(var + self.eps).reshape(n, g, 1)
+        scale = (rstd * self.weight.reshape(1, g, c // g)).reshape(n * c, 1)
         d = d.reshape(n * c, -1)
         y = d * ops.broadcast_to(scale, d.shape)
         bias = self.bias if n == 1 else ops.tile(self.bias, (n,))

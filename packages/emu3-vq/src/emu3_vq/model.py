@@ -335,7 +335,8 @@ class Encoder(nn.Cell):
         self.norm_out = GroupNorm(32, block_in, eps=1e-6, impl=impl)
         z_out = 2 * c.z_channels if c.double_z else c.z_channels
         self.conv_out = Conv2d(block_in, z_out, 3, padding=1, impl=impl, dtype=dtype)
-        self.time_conv = nn.CellList([TemporalDownsample(z_out, impl, dtype) for _ in range(c.num_time_convs)])
+        self.time_conv = nn.CellList(
+            [TemporalDownsample(z_out, impl, dtype) for _ in range(c.num_time_convs)])
         self.time_res_stack = nn.CellList(
             [ResnetTemporalBlock(z_out, c.dropout, impl, dtype) for _ in range(c.num_res_blocks)])
 
@@ -398,7 +399,8 @@ class Decoder(nn.Cell):
         zq_ch = c.embed_dim
         self.time_res_stack = nn.CellList(
             [ResnetTemporalBlock(c.z_channels, c.dropout, impl, dtype) for _ in range(c.num_res_blocks)])
-        self.time_conv = nn.CellList([TemporalUpsample(c.z_channels, impl, dtype) for _ in range(c.num_time_convs)])
+        self.time_conv = nn.CellList(
+            [TemporalUpsample(c.z_channels, impl, dtype) for _ in range(c.num_time_convs)])
         block_in = c.ch * c.ch_mult[-1]
         self.conv_in = Conv2d(c.z_channels, block_in, 3, padding=1, impl=impl, dtype=dtype)
         self.mid = MidBlock(block_in, c.dropout, zq_ch, impl=impl, dtype=dtype)
@@ -497,8 +499,9 @@ class Emu3VQModel(nn.Cell):
         self.encoder = Encoder(config, impl, self.compute_dtype)
         self.decoder = Decoder(config, impl, self.compute_dtype)
         self.quantize = VectorQuantizer(config.codebook_size, config.embed_dim)
-        self.quant_conv = CausalConv3d(config.z_channels, config.embed_dim, impl=impl, dtype=self.compute_dtype)
-        self.post_quant_conv = CausalConv3d(config.embed_dim, config.z_channels, impl=impl, dtype=self.compute_dtype)
+        dt = self.compute_dtype
+        self.quant_conv = CausalConv3d(config.z_channels, config.embed_dim, impl=impl, dtype=dt)
+        self.post_quant_conv = CausalConv3d(config.embed_dim, config.z_channels, impl=impl, dtype=dt)
         self.t_factor = config.temporal_downsample_factor
         if frame_batch is None:
             frame_batch = 1 if kernels.default_impl() == "im2col" else 16
@@ -626,7 +629,8 @@ class Emu3VQModel(nn.Cell):
             raise ValueError(f"codes must be integers, got dtype {ids.dtype}")
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= self.config.codebook_size:
-            raise ValueError(f"codes must lie in [0, {self.config.codebook_size}), got values in [{lo}, {hi}]")
+            raise ValueError(
+                f"codes must lie in [0, {self.config.codebook_size}), got values in [{lo}, {hi}]")
         x = Tensor(ids.astype(np.int32))
         if ids.ndim == 3:
             hs, zq = self._latents(x.expand_dims(1))
@@ -638,7 +642,7 @@ class Emu3VQModel(nn.Cell):
         return frames.reshape((b, t) + tuple(frames.shape[1:]))
 
     @classmethod
-    def from_pretrained(cls, path, dtype=None, **kwargs) -> "Emu3VQModel":
+    def from_pretrained(cls, path, dtype=None, **kwargs) -> Emu3VQModel:
         """Load a local checkpoint directory, original or `-hf` layout (see checkpoint.py)."""
         from emu3_vq.checkpoint import from_pretrained
 
