@@ -257,3 +257,25 @@ def test_jit_gives_the_same_results(model_dir, tmp_path, capsys):
     on = np.asarray(Image.open(tmp_path / "on" / "photo_recon.png")).astype(int)
     off = np.asarray(Image.open(tmp_path / "off" / "photo_recon.png")).astype(int)
     assert np.abs(on - off).max() <= 1  # float differences may cross a truncation boundary
+
+
+@pytest.mark.parametrize("preset,flag,expected", [
+    ("micro", "auto", False),  # a tiny model runs eagerly on CPU: compiling costs more than it saves
+    ("micro", "on", True),
+    ("emu3-visiontokenizer", "auto", True),  # real size: compiling wins even on the first call
+    ("emu3-visiontokenizer", "off", False),
+])
+def test_jit_auto_compiles_real_size_models_on_cpu(tmp_path, monkeypatch, preset, flag, expected):
+    from emu3_vq import commands
+    from emu3_vq.model import Emu3VQModel
+
+    directory = tmp_path / preset  # only config.json and preprocessor_config.json are read here
+    directory.mkdir()
+    config = Emu3VQConfig.from_name(preset)
+    (directory / "config.json").write_text(json.dumps(config.to_dict()))
+    Emu3ImageProcessor(spatial_factor=config.spatial_factor).save_pretrained(directory)
+    seen = {}
+    monkeypatch.setattr(Emu3VQModel, "from_pretrained",
+                        classmethod(lambda cls, path, **kw: seen.update(kw) or "model"))
+    assert commands._Tokenizer(str(directory), flag).model == "model"
+    assert seen["jit"] is expected
