@@ -245,27 +245,26 @@ def pointwise_conv(x, weight):
     return y.reshape((shape[0], o) + tuple(shape[2:]))
 
 
-class Conv2d(nn.Cell):
-    """2-D convolution, torch semantics; `padding` is an int or (left, right, top, bottom).
+class _ConvNd(nn.Cell):
+    """What Conv2d and Conv3d share: parameters, compute dtype, the kernel choice and bias."""
 
-    impl: None picks by device ('im2col' on CPU); 'im2col', 'ops' or 'mint' forces one.
-    dtype: compute dtype for the input and weight (e.g. ms.float16 on GPU); None keeps them.
-    """
+    ndim = 0  # spatial dimensions, set by the subclass
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 bias: bool = True, impl: str | None = None, dtype=None):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride, padding,
+                 bias: bool, impl: str | None, dtype):
         super().__init__()
+        n = self.ndim
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size = _pair(kernel_size)
-        self.stride = _pair(stride)
+        self.kernel_size = _triple(kernel_size) if n == 3 else _pair(kernel_size)
+        self.stride = _triple(stride) if n == 3 else _pair(stride)
         if isinstance(padding, int):
-            padding = (padding,) * 4
-        self.padding = tuple(int(p) for p in padding)  # left, right, top, bottom
-        if len(self.padding) != 4:
-            raise ValueError(f"padding must be an int or (left, right, top, bottom), got {padding}")
+            padding = (padding,) * (2 * n)
+        self.padding = tuple(int(p) for p in padding)  # F.pad order: left, right, top, bottom, ...
+        if len(self.padding) != 2 * n:
+            raise ValueError(f"padding must be an int or {2 * n} F.pad values, got {padding}")
         self.impl = _check_impl(impl)
         self.compute_dtype = dtype
-        self.pointwise = self.kernel_size == (1, 1) and self.stride == (1, 1) and not any(self.padding)
+        self.pointwise = self.kernel_size == (1,) * n and self.stride == (1,) * n and not any(self.padding)
         _init_conv_params(self, out_channels, in_channels, self.kernel_size, bias)
 
     def construct(self, x):
@@ -276,13 +275,30 @@ class Conv2d(nn.Cell):
         if self.pointwise and self.impl == "im2col":
             y = pointwise_conv(x, w)
         elif self.impl == "im2col":
-            y = conv2d_im2col(x, w, self.stride, self.padding)
+            y = self._im2col(x, w)
         else:
             y = self._native(x, w)
         if self.bias is not None:
             b = self.bias if self.compute_dtype is None else ops.cast(self.bias, self.compute_dtype)
             y = ops.bias_add(y, b)
         return y
+
+
+class Conv2d(_ConvNd):
+    """2-D convolution, torch semantics; `padding` is an int or (left, right, top, bottom).
+
+    impl: None picks by device ('im2col' on CPU); 'im2col', 'ops' or 'mint' forces one.
+    dtype: compute dtype for the input and weight (e.g. ms.float16 on GPU); None keeps them.
+    """
+
+    ndim = 2
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 bias: bool = True, impl: str | None = None, dtype=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias, impl, dtype)
+
+    def _im2col(self, x, w):
+        return conv2d_im2col(x, w, self.stride, self.padding)
 
     def _native(self, x, w):
         pl, pr, pt, pb = self.padding
@@ -294,41 +310,18 @@ class Conv2d(nn.Cell):
         return ops.conv2d(x, w, None, self.stride, "pad", (pt, pl))
 
 
-class Conv3d(nn.Cell):
+class Conv3d(_ConvNd):
     """3-D convolution, torch semantics; `padding` is an int or the 6 `F.pad` values
     (left, right, top, bottom, front, back). Same `impl` / `dtype` options as `Conv2d`."""
 
+    ndim = 3
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  bias: bool = True, impl: str | None = None, dtype=None):
-        super().__init__()
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size = _triple(kernel_size)
-        self.stride = _triple(stride)
-        if isinstance(padding, int):
-            padding = (padding,) * 6
-        self.padding = tuple(int(p) for p in padding)
-        if len(self.padding) != 6:
-            raise ValueError(f"padding must be an int or 6 F.pad values, got {padding}")
-        self.impl = _check_impl(impl)
-        self.compute_dtype = dtype
-        self.pointwise = self.kernel_size == (1, 1, 1) and self.stride == (1, 1, 1) and not any(self.padding)
-        _init_conv_params(self, out_channels, in_channels, self.kernel_size, bias)
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias, impl, dtype)
 
-    def construct(self, x):
-        w = self.weight
-        if self.compute_dtype is not None:
-            x = ops.cast(x, self.compute_dtype)
-            w = ops.cast(w, self.compute_dtype)
-        if self.pointwise and self.impl == "im2col":
-            y = pointwise_conv(x, w)
-        elif self.impl == "im2col":
-            y = conv3d_im2col(x, w, self.stride, self.padding)
-        else:
-            y = self._native(x, w)
-        if self.bias is not None:
-            b = self.bias if self.compute_dtype is None else ops.cast(self.bias, self.compute_dtype)
-            y = ops.bias_add(y, b)
-        return y
+    def _im2col(self, x, w):
+        return conv3d_im2col(x, w, self.stride, self.padding)
 
     def _native(self, x, w):
         pl, pr, pt, pb, pf, pk = self.padding
