@@ -22,3 +22,25 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def ids(tiny_model):
     return VisualIds.from_config(tiny_model.config)
+
+
+def _original_rule(offset, height, width, ids):
+    """Emu3PrefixConstrainedLogitsHelper: the allowed tokens at `offset` after the img token,
+    or "visual" for any visual token."""
+    if offset % (width + 1) == 0:
+        return (ids.eol,)
+    if offset == (width + 1) * height + 1:
+        return (ids.eof,)
+    if offset == (width + 1) * height + 2:
+        return (ids.eoi,)
+    if offset == (width + 1) * height + 3:
+        return (ids.eos,)
+    if offset > (width + 1) * height + 3:
+        return (ids.pad,)
+    return "visual"
+
+
+@pytest.fixture(scope="session")
+def original_rule():
+    """The original prefix-constraint rule, written out once for the constraint and parity tests."""
+    return _original_rule

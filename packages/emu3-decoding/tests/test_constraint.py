@@ -17,27 +17,12 @@ from emu3_decoding.constraint import (
 IDS = VisualIds()
 
 
-def original_rule(offset, height, width):
-    """Emu3PrefixConstrainedLogitsHelper: allowed tokens at `offset` after the img token."""
-    if offset % (width + 1) == 0:
-        return (IDS.eol,)
-    if offset == (width + 1) * height + 1:
-        return (IDS.eof,)
-    if offset == (width + 1) * height + 2:
-        return (IDS.eoi,)
-    if offset == (width + 1) * height + 3:
-        return (IDS.eos,)
-    if offset > (width + 1) * height + 3:
-        return (IDS.pad,)
-    return "visual"
-
-
 @pytest.mark.parametrize("height,width", [(1, 3), (3, 5), (5, 3), (32, 32), (68, 120)])
-def test_image_table_matches_original_rule(height, width):
+def test_image_table_matches_original_rule(original_rule, height, width):
     table = image_table(height, width, IDS)
     assert len(table) == height * (width + 1) + 3
     for g, t in enumerate(table):
-        rule = original_rule(g + 1, height, width)
+        rule = original_rule(g + 1, height, width, IDS)
         if rule == "visual":
             assert t == FREE, g
         else:
@@ -46,13 +31,13 @@ def test_image_table_matches_original_rule(height, width):
 
 
 @pytest.mark.parametrize("width", [1, 2])
-def test_narrow_images_where_the_original_rule_breaks(width):
+def test_narrow_images_where_the_original_rule_breaks(original_rule, width):
     # The original checks `offset % (W+1) == 0` first, so for W = 1 (eoi) and W = 2 (eos) it
     # forces an eol where the block should end. The table keeps the documented layout.
     h = 2
     table = image_table(h, width, IDS)
     assert list(table[-3:]) == [IDS.eof, IDS.eoi, IDS.eos]
-    rules = [original_rule(g + 1, h, width) for g in range(len(table))]
+    rules = [original_rule(g + 1, h, width, IDS) for g in range(len(table))]
     assert (IDS.eol,) in rules[-2:]
 
 

@@ -30,24 +30,14 @@ IDS = VisualIds.from_config(CFG)
 H, W = 4, 5
 
 
-def original_prefix_fn(height, width):
-    """The original Emu3PrefixConstrainedLogitsHelper, written out for one image size."""
+def original_prefix_fn(rule, height, width):
+    """The original Emu3PrefixConstrainedLogitsHelper as transformers' prefix_allowed_tokens_fn."""
     visual = list(range(IDS.visual_start, IDS.visual_stop))
 
     def fn(batch_id, input_ids):
         pos = torch.nonzero(input_ids == IDS.img, as_tuple=True)[0][0]
-        offset = input_ids.shape[0] - pos
-        if offset % (width + 1) == 0:
-            return (IDS.eol,)
-        if offset == (width + 1) * height + 1:
-            return (IDS.eof,)
-        if offset == (width + 1) * height + 2:
-            return (IDS.eoi,)
-        if offset == (width + 1) * height + 3:
-            return (IDS.eos,)
-        if offset > (width + 1) * height + 3:
-            return (IDS.pad,)
-        return visual
+        allowed = rule(int(input_ids.shape[0] - pos), height, width, IDS)
+        return visual if allowed == "visual" else allowed
 
     return fn
 
@@ -79,7 +69,7 @@ PROMPTS = [prompt([11, 12, 13, 14, 15, 16, 17]), prompt([21, 22, 23])]
 NEGATIVE = prompt([31, 32, 33, 34, 35])
 
 
-def hf_generate(hf, ids, new_tokens, negative=None, scale=1.0, constrained=True):
+def hf_generate(hf, ids, new_tokens, negative=None, scale=1.0, constrained=True, rule=None):
     """Greedy `generate`. With guidance, the processors of the original image_generation.py
     (guidance, then the prefix constraint); without, `prefix_allowed_tokens_fn`."""
     kwargs = {}
@@ -87,10 +77,10 @@ def hf_generate(hf, ids, new_tokens, negative=None, scale=1.0, constrained=True)
         kwargs["logits_processor"] = LogitsProcessorList([
             UnbatchedClassifierFreeGuidanceLogitsProcessor(scale, hf,
                                                            unconditional_ids=torch.tensor([negative])),
-            PrefixConstrainedLogitsProcessor(original_prefix_fn(H, W), num_beams=1),
+            PrefixConstrainedLogitsProcessor(original_prefix_fn(rule, H, W), num_beams=1),
         ])
     elif constrained:
-        kwargs["prefix_allowed_tokens_fn"] = original_prefix_fn(H, W)
+        kwargs["prefix_allowed_tokens_fn"] = original_prefix_fn(rule, H, W)
     with torch.no_grad():
         out = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                           do_sample=False, max_new_tokens=new_tokens, eos_token_id=IDS.eos,
@@ -99,9 +89,9 @@ def hf_generate(hf, ids, new_tokens, negative=None, scale=1.0, constrained=True)
 
 
 @pytest.mark.parametrize("which", [0, 1])
-def test_constrained_greedy_without_cfg(models, which):
+def test_constrained_greedy_without_cfg(models, original_rule, which):
     hf, ours = models
-    ref = hf_generate(hf, PROMPTS[which], H * (W + 1) + 3)
+    ref = hf_generate(hf, PROMPTS[which], H * (W + 1) + 3, rule=original_rule)
     got = generate(ours, [PROMPTS[which]], table=image_table(H, W, IDS))[0]
     assert len(ref) == H * (W + 1) + 3 and ref[-1] == IDS.eos
     np.testing.assert_array_equal(got, ref)
@@ -109,16 +99,16 @@ def test_constrained_greedy_without_cfg(models, which):
 
 
 @pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
-def test_constrained_greedy_with_cfg(models, batched):
+def test_constrained_greedy_with_cfg(models, original_rule, batched):
     hf, ours = models
     table = image_table(H, W, IDS)
     for p in PROMPTS:
-        ref = hf_generate(hf, p, len(table), negative=NEGATIVE, scale=3.0)
+        ref = hf_generate(hf, p, len(table), negative=NEGATIVE, scale=3.0, rule=original_rule)
         got = generate(ours, [p], negative_prompts=[NEGATIVE], cfg_scale=3.0, batched_cfg=batched,
                        table=table)[0]
         np.testing.assert_array_equal(got, ref)
     # guidance changes the image: the comparison is not the unguided run again
-    assert not np.array_equal(got, hf_generate(hf, PROMPTS[-1], len(table)))
+    assert not np.array_equal(got, hf_generate(hf, PROMPTS[-1], len(table), rule=original_rule))
 
 
 def test_batch_of_prompts_with_cfg_matches_one_by_one(models):
