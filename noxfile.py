@@ -9,6 +9,7 @@ integration across packages, the slow tests, benchmarks, and a demo of the main 
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 import shutil
@@ -63,6 +64,25 @@ PACKAGES = _package_names()
 PACKAGES.sort(key=lambda n: len(_siblings(n)))
 
 
+def _pruned(func):
+    """With EMU3_NOX_PRUNE=1 (set by .ci/run), delete the session's venv when it ends.
+
+    Each venv holds MindSpore, torch and transformers (about 4 GB); a CI machine with a
+    small disk cannot keep nine of them.
+    """
+
+    @functools.wraps(func)
+    def wrapper(session: nox.Session, *args, **kwargs):
+        try:
+            return func(session, *args, **kwargs)
+        finally:
+            location = getattr(session.virtualenv, "location", None)
+            if os.environ.get("EMU3_NOX_PRUNE") == "1" and location and os.path.isdir(location):
+                shutil.rmtree(location, ignore_errors=True)
+
+    return wrapper
+
+
 def _env(session: nox.Session) -> dict:
     # Keep MindSpore quiet and on the CPU; tests build everything they need.
     return {"GLOG_v": "3", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -70,6 +90,7 @@ def _env(session: nox.Session) -> dict:
 
 @nox.session
 @nox.parametrize("package", PACKAGES)
+@_pruned
 def tests(session: nox.Session, package: str) -> None:
     """Editable install of one package and its declared siblings only; run its tests."""
     for sib in reversed(_siblings(package)):
@@ -80,6 +101,7 @@ def tests(session: nox.Session, package: str) -> None:
 
 @nox.session(tags=["ci"])
 @nox.parametrize("package", PACKAGES)
+@_pruned
 def isolated(session: nox.Session, package: str) -> None:
     """Build the wheels, install the package alone from them in a fresh venv, check, test."""
     dist = pathlib.Path(session.create_tmp()) / "dist"
@@ -111,6 +133,7 @@ def _install_all(session: nox.Session, *extra: str) -> None:
 
 
 @nox.session(tags=["ci"])
+@_pruned
 def integration(session: nox.Session) -> None:
     """End-to-end across packages (CPU here; Ascend/GPU when MindSpore sees one)."""
     _install_all(session, *TEST_DEPS)
@@ -118,6 +141,7 @@ def integration(session: nox.Session) -> None:
 
 
 @nox.session
+@_pruned
 def slow(session: nox.Session) -> None:
     """Tests marked slow (real-size layers, long runs), all packages."""
     _install_all(session, *TEST_DEPS)
@@ -126,6 +150,7 @@ def slow(session: nox.Session) -> None:
 
 
 @nox.session
+@_pruned
 def bench(session: nox.Session) -> None:
     """Benchmarks side by side with transformers on torch CPU; JSON + docs/benchmarks.md."""
     _install_all(session, *TEST_DEPS)
@@ -140,6 +165,7 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session
+@_pruned
 def demo(session: nox.Session) -> None:
     """The main job on a fresh machine: install the packages and generate an image."""
     session.install(*[str(PACKAGES_DIR / name) for name in PACKAGES])
