@@ -236,8 +236,9 @@ def main(argv=None) -> int:
 
     rng_size = rng.integers(0, ids.pad, SIZE_TOKENS).tolist()
     k = args.vqa_tokens
-    # warm-up: compile the encoder graph and our step graphs for this prompt length
-    generate(model, [vqa_prompt(vq.encode(pixels).asnumpy()[0].astype(np.int64))], max_new_tokens=2,
+    # warm-up: compile the encoder graph, the prefill and our step graphs for this prompt length
+    # and cache size (the cache is sized by prompt + max_new_tokens, so the warm-up asks for k)
+    generate(model, [vqa_prompt(vq.encode(pixels).asnumpy()[0].astype(np.int64))], max_new_tokens=k,
              sampling=GREEDY, eos_id=-1)
     t0 = time.perf_counter()
     img_codes = vq.encode(pixels).asnumpy()[0].astype(np.int64)
