@@ -112,3 +112,17 @@ def test_bad_inputs(tiny_model, ids):
         loop.generate(tiny_model, p, table=np.full((2, 5), FREE))
     with pytest.raises(ValueError, match="no prompts"):
         loop.generate(tiny_model, [], max_new_tokens=2)
+
+
+def test_prompt_buckets_share_a_prefill_and_change_no_score(tiny_model, ids, monkeypatch):
+    short, longer = [prompt(ids, [11])], [prompt(ids, [21, 22, 23, 24, 25, 26, 27])]
+    setups = [loop.prefill(tiny_model, p, new_tokens=4) for p in (short, longer)]
+    # both prompts land in one bucket: same padded length, same cache, same compiled graphs
+    assert setups[0].slot0 == setups[1].slot0 == loop.PROMPT_ROUND
+    assert setups[0].graphs is setups[1].graphs
+    tokens = np.array([[ids.visual_start + 3, ids.visual_start + 5, ids.eol]], np.int64)
+    bucketed = loop.guided_scores(tiny_model, longer, None, tokens, cfg_scale=1.0)
+    monkeypatch.setattr(loop, "PROMPT_ROUND", 1)
+    exact = loop.guided_scores(tiny_model, longer, None, tokens, cfg_scale=1.0)
+    assert loop.prefill(tiny_model, longer, new_tokens=4).slot0 == len(longer[0])
+    np.testing.assert_allclose(bucketed, exact, rtol=0, atol=2e-5)

@@ -13,6 +13,9 @@ vocabulary or the sequence. Steps whose next token is forced for every row (eol,
 the decode step alone, without logits; tokens after the last sampled position need no forward
 at all (an image ends with eol, eof, eoi, eos: all known).
 
+Prompts are left-padded to a multiple of PROMPT_ROUND tokens and caches sized in multiples of
+CACHE_ROUND slots, so calls with prompts of nearby lengths reuse every compiled graph.
+
 Classifier-free guidance: batched (cond and uncond rows in one batch of 2B, left-padded to a
 common length, positions from the mask) or unbatched (the original: a second forward over a
 second cache). See guidance.py for the formula.
@@ -35,6 +38,7 @@ from .guidance import guide, left_pad
 from .sampling import GREEDY, Sampling, sample, uniforms
 
 CACHE_ROUND = 256  # cache lengths are rounded up so that similar prompts reuse compiled graphs
+PROMPT_ROUND = 64  # prompts are left-padded to a multiple of this: one prefill graph per bucket
 
 
 @dataclass
@@ -302,6 +306,14 @@ def _as_rows(prompts) -> list[list[int]]:
     return rows
 
 
+def _bucket(ids: list[list[int]], mask: list[list[int]], pad: int):
+    """More left padding, up to a multiple of PROMPT_ROUND: prompts of nearby lengths then share
+    one compiled prefill (a new shape costs a compile of seconds). Positions come from the mask,
+    so the padding changes no position and no attention weight."""
+    extra = _round_up(len(ids[0]), PROMPT_ROUND) - len(ids[0])
+    return [[pad] * extra + r for r in ids], [[0] * extra + m for m in mask]
+
+
 def prefill(model, prompts, negative_prompts=None, *, cfg_scale: float = 1.0, batched_cfg: bool = True,
             new_tokens: int, vocab_range: tuple[int, int] | None = None, sampling: Sampling = GREEDY,
             eos_id: int | None = None, pad_id: int | None = None) -> Setup:
@@ -335,13 +347,13 @@ def prefill(model, prompts, negative_prompts=None, *, cfg_scale: float = 1.0, ba
     settings = StepSettings(start, stop, sampling, float(cfg_scale), mode, int(eos), int(pad))
 
     if mode == "batched":
-        ids, mask = left_pad(prompts + negative_prompts, pad)
+        ids, mask = _bucket(*left_pad(prompts + negative_prompts, pad), pad)
     else:
-        ids, mask = left_pad(prompts, pad)
+        ids, mask = _bucket(*left_pad(prompts, pad), pad)
     runner = _runner(model, "cond", len(ids), _round_up(len(ids[0]) + new_tokens, CACHE_ROUND))
     runner_u = ids_u = None
     if mode == "unbatched":
-        ids_u, mask_u = left_pad(negative_prompts, pad)
+        ids_u, mask_u = _bucket(*left_pad(negative_prompts, pad), pad)
         runner_u = _runner(model, "uncond", b, _round_up(len(ids_u[0]) + new_tokens, CACHE_ROUND))
     head = _head(model, start, stop)
     _evict(model, keep=[r for r in (runner, runner_u) if r is not None])
