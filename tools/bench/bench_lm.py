@@ -108,7 +108,6 @@ def main(argv=None) -> int:
     ms.device_context.cpu.op_tuning.threads_num(args.threads)
     from emu3_lm.config import Emu3LMConfig
     from emu3_lm.model import Emu3ForCausalLM
-    from emu3_vq.weights import load_into
 
     cfg = Emu3LMConfig.from_name(args.config)
     text_config = dict(
@@ -122,7 +121,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     peer = transformers.Emu3ForCausalLM(transformers.Emu3TextConfig(**text_config)).eval()
     ours = Emu3ForCausalLM(cfg, dtype=ms.float32, init_weights=False)
-    load_into(ours, {k: v.detach().numpy() for k, v in peer.state_dict().items()})
+    ours.load_state_dict({k: v.detach().numpy() for k, v in peer.state_dict().items()})
     ours.set_train(False)
     print(f"built {args.config} ({cfg.num_parameters() / 1e6:.0f} M parameters) in "
           f"{time.perf_counter() - t0:.0f} s, {args.threads} threads", flush=True)
@@ -144,7 +143,7 @@ def main(argv=None) -> int:
 
     @ms.jit
     def greedy_head(h):  # full-vocabulary logits and argmax in one graph (a pynative argmax costs ~1 ms)
-        return ms.ops.argmax(ours.head_matmul(h, ours.lm_head.weight), -1).astype(ms.int32)
+        return ms.ops.argmax(ours.lm_head(h), -1).astype(ms.int32)
 
     def ours_greedy(h):
         return greedy_head(h)

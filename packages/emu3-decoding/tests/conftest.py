@@ -4,7 +4,6 @@ from emu3_decoding.constraint import VisualIds
 from emu3_decoding.demo import random_lm_state
 from emu3_lm.config import Emu3LMConfig
 from emu3_lm.model import Emu3ForCausalLM
-from mindspore import Tensor
 
 
 @pytest.fixture(scope="session")
@@ -12,9 +11,7 @@ def tiny_model():
     """The 'tiny' LM with fixed random weights (std 0.1: decisive logits, prompts that matter)."""
     cfg = Emu3LMConfig.from_name("tiny", initializer_range=0.1)
     model = Emu3ForCausalLM(cfg, dtype=ms.float32, init_weights=False)
-    state = random_lm_state(cfg, seed=0)
-    for name, p in model.parameters_and_names():
-        p.set_data(Tensor(state[name]))
+    model.load_state_dict(random_lm_state(cfg, seed=0))
     model.set_train(False)
     return model
 

@@ -154,9 +154,7 @@ def test_rope_scaling_matches_transformers(scaling):
                          "rope_theta": cfg.rope_theta})
     hf = transformers.Emu3ForCausalLM(text_config).eval()
     model = Emu3ForCausalLM(cfg, dtype=ms.float32, init_weights=False)
-    from emu3_vq.weights import load_into
-
-    load_into(model, {k: v.numpy() for k, v in hf.state_dict().items()})
+    model.load_state_dict({k: v.numpy() for k, v in hf.state_dict().items()})
     model.set_train(False)
 
     ids, mask = left_pad([tokens(24, 16), tokens(19, 17)])  # longer than max_position_embeddings

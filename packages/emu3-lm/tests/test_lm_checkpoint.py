@@ -27,7 +27,7 @@ def model():
 
 
 def params(model) -> dict:
-    return {name: p.asnumpy().copy() for name, p in model.parameters_and_names()}
+    return model.state_dict()
 
 
 def bf16_round(x: np.ndarray) -> np.ndarray:

@@ -28,8 +28,7 @@ def random_lm_state(config, seed: int = 0) -> dict[str, np.ndarray]:
     norms ones; the same config and seed give the same arrays."""
     from emu3_lm.model import Emu3ForCausalLM
 
-    shapes = {name: tuple(p.shape) for name, p in
-              Emu3ForCausalLM(config, init_weights=False).parameters_and_names()}
+    shapes = Emu3ForCausalLM(config, init_weights=False).checkpoint_shapes()
     rng = np.random.default_rng(seed)
     state = {}
     for name in sorted(shapes):

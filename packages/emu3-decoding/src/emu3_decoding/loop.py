@@ -100,7 +100,8 @@ class StepGraphs(nn.Cell):
         self.sampling = settings.sampling
         self.eos = settings.eos
         self.pad = settings.pad
-        self.matmul = ops.MatMul(transpose_b=True)
+        # the model's own head may hold W^T (emu3_lm.model.Emu3Head); the slice copies hold W
+        self.matmul = ops.MatMul(transpose_b=not getattr(head, "transposed", False))
         self.two_phase = hasattr(runner, "_commit") and hasattr(runner, "_decode")
 
     # -- inside the graphs --
@@ -264,11 +265,11 @@ def _head(model, start: int, stop: int):
     if start == 0 and stop == model.config.vocab_size:
         return model.lm_head
     heads = _state(model)["heads"]
-    rows = model.lm_head.weight[start:stop]
+    rows = model.lm_head.rows(start, stop)
     head = heads.get((start, stop))
     if head is None:
         heads.clear()  # one slice at a time: it can be large
-        head = heads[(start, stop)] = _Head(rows.copy())
+        head = heads[(start, stop)] = _Head(rows)
     else:
         ops.assign(head.weight, rows)
     return head

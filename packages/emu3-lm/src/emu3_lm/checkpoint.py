@@ -129,7 +129,11 @@ def load_pretrained(cls, path: str | os.PathLike, dtype=None):
         names[key] = name
         expected[name] = shape
     model = cls(config, dtype=_ms_dtype(dtype), init_weights=False)
-    arrays = ((names[key], arr) for key, arr in iter_checkpoint(directory, names=list(names)))
+    # shapes and arrays as the model stores them (its lm_head may be held transposed)
+    turned = model._stored_transposed()
+    expected = {n: tuple(s)[::-1] if n in turned else s for n, s in expected.items()}
+    arrays = ((names[key], model.from_checkpoint(names[key], arr))
+              for key, arr in iter_checkpoint(directory, names=list(names)))
     load_into(model, arrays, what=f"checkpoint {directory} ({layout} layout)", expected_names=expected)
     model.set_train(False)
     return model
@@ -149,10 +153,7 @@ def save_pretrained(model, directory: str | os.PathLike, layout: str = "original
     if file_dtype not in _FILE_DTYPES:
         raise ValueError(f"cannot save dtype {file_dtype}")
     directory = Path(directory)
-    tensors = {}
-    for name, param in model.parameters_and_names():
-        value = param.astype(ms.float32) if param.dtype == ms.bfloat16 else param
-        tensors[from_param_name(name, layout)] = value.asnumpy()
+    tensors = {from_param_name(name, layout): arr for name, arr in model.checkpoint_arrays()}
     files = write_checkpoint(directory, tensors, max_shard_bytes=max_shard_bytes,
                              dtype=_FILE_DTYPES[file_dtype])
     torch_dtype = {ms.float32: "float32", ms.float16: "float16", ms.bfloat16: "bfloat16"}[file_dtype]
