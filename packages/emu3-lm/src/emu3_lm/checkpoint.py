@@ -133,7 +133,7 @@ def load_pretrained(cls, path: str | os.PathLike, dtype=None):
     turned = model._stored_transposed()
     expected = {n: tuple(s)[::-1] if n in turned else s for n, s in expected.items()}
     arrays = ((names[key], model.from_checkpoint(names[key], arr))
-              for key, arr in iter_checkpoint(directory, names=list(names)))
+              for key, arr in iter_checkpoint(directory, names=list(names), bf16="bits"))
     load_into(model, arrays, what=f"checkpoint {directory} ({layout} layout)", expected_names=expected)
     model.set_train(False)
     return model
