@@ -126,3 +126,19 @@ def test_prompt_buckets_share_a_prefill_and_change_no_score(tiny_model, ids, mon
     exact = loop.guided_scores(tiny_model, longer, None, tokens, cfg_scale=1.0)
     assert loop.prefill(tiny_model, longer, new_tokens=4).slot0 == len(longer[0])
     np.testing.assert_allclose(bucketed, exact, rtol=0, atol=2e-5)
+
+
+def test_head_storage_changes_no_token(tiny_model, ids):
+    # on CPU the model holds lm_head as W^T; the layout of accelerators (W) must decode the same
+    from emu3_lm.model import Emu3ForCausalLM
+
+    assert tiny_model.lm_head.transposed
+    plain = Emu3ForCausalLM(tiny_model.config, dtype=tiny_model.dtype, init_weights=False, transposed_head=False)
+    plain.load_state_dict(tiny_model.state_dict())
+    plain.set_train(False)
+    p = [prompt(ids, [11, 12, 13])]
+    np.testing.assert_array_equal(loop.generate(plain, p, max_new_tokens=6),
+                                  loop.generate(tiny_model, p, max_new_tokens=6))
+    table = image_table(2, 3, ids)
+    np.testing.assert_array_equal(loop.generate(plain, p, table=table, sampling=TOPK, seed=3),
+                                  loop.generate(tiny_model, p, table=table, sampling=TOPK, seed=3))
