@@ -81,3 +81,16 @@ def test_load_state_dict_is_strict_in_checkpoint_orientation(pair):
     missing = {k: v for k, v in state.items() if k != "model.norm.weight"}
     with pytest.raises(CheckpointError, match="model.norm.weight"):
         Emu3ForCausalLM(CFG, dtype=ms.float32, init_weights=False).load_state_dict(missing)
+
+
+def test_a_misshapen_head_is_named_in_the_file_orientation(pair, tmp_path):
+    from emu3_vq.weights import write_checkpoint
+
+    plain, _ = pair
+    plain.save_pretrained(tmp_path)
+    state = plain.state_dict()
+    state["lm_head.weight"] = state["lm_head.weight"][:-1]  # one vocabulary row short
+    write_checkpoint(tmp_path, state)
+    with pytest.raises(CheckpointError, match=r"lm_head.weight is \[730, 64\] in the checkpoint, the model "
+                                              r"needs \[731, 64\]"):
+        Emu3ForCausalLM.from_pretrained(tmp_path, dtype=ms.float32)
