@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
+import types
 
 os.environ.setdefault("GLOG_v", "3")  # MindSpore: warnings and errors only
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
@@ -58,7 +60,10 @@ class ReadmeExamples:
 
     def run(self, blocks: list[tuple[int, str]]) -> None:
         """Execute the blocks in order, in one namespace."""
-        namespace: dict = {"__name__": "__readme__"}
+        # a real module: MindSpore's graph compiler looks up a jit function's module by name
+        module = types.ModuleType("__readme__")
+        sys.modules[module.__name__] = module
+        namespace = module.__dict__
         for line, code in blocks:
             # padded so that a traceback names the README's own line numbers
             compiled = compile("\n" * (line - 1) + code, str(self.path), "exec")

@@ -128,17 +128,24 @@ def test_prompt_buckets_share_a_prefill_and_change_no_score(tiny_model, ids, mon
     np.testing.assert_allclose(bucketed, exact, rtol=0, atol=2e-5)
 
 
-def test_head_storage_changes_no_token(tiny_model, ids):
-    # on CPU the model holds lm_head as W^T; the layout of accelerators (W) must decode the same
-    from emu3_lm.model import Emu3ForCausalLM
+def test_head_layout_changes_no_token(tiny_model, ids, monkeypatch):
+    # on CPU the decoder multiplies with a W^T copy of lm_head; the accelerators' layout (the
+    # model's own W, and W copies of slices) must decode the same tokens
+    import dataclasses
 
-    assert tiny_model.lm_head.transposed
-    plain = Emu3ForCausalLM(tiny_model.config, dtype=tiny_model.dtype, init_weights=False, transposed_head=False)
-    plain.load_state_dict(tiny_model.state_dict())
-    plain.set_train(False)
+    from emu3_vq import device
+
+    assert device.policy().transposed_head  # these tests run on CPU
     p = [prompt(ids, [11, 12, 13])]
-    np.testing.assert_array_equal(loop.generate(plain, p, max_new_tokens=6),
-                                  loop.generate(tiny_model, p, max_new_tokens=6))
     table = image_table(2, 3, ids)
-    np.testing.assert_array_equal(loop.generate(plain, p, table=table, sampling=TOPK, seed=3),
-                                  loop.generate(tiny_model, p, table=table, sampling=TOPK, seed=3))
+
+    def run():
+        return (loop.generate(tiny_model, p, max_new_tokens=6),
+                loop.generate(tiny_model, p, table=table, sampling=TOPK, seed=3))
+
+    transposed = run()
+    assert loop._state(tiny_model)["heads"]  # a W^T copy was made
+    plain = dataclasses.replace(device.policy(), transposed_head=False)
+    monkeypatch.setattr(device, "policy", lambda target=None: plain)
+    for a, b in zip(run(), transposed):
+        np.testing.assert_array_equal(a, b)

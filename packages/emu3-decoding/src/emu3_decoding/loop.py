@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import mindspore as ms
 import numpy as np
+from emu3_vq import device
 from mindspore import Parameter, Tensor, nn, ops
 
 from .constraint import FREE
@@ -67,23 +67,25 @@ class StepSettings:
 
 
 class _Head(nn.Cell):
-    """A contiguous copy of lm_head rows [start, stop): a slice taken inside the step graph would
-    be copied at every step (about 3x the memory traffic of the matmul itself)."""
+    """A contiguous copy of lm_head rows [start, stop), held as W^T where `transposed`.
 
-    def __init__(self, weight):
+    A slice taken inside the step graph would be copied at every step (about 3x the memory
+    traffic of the matmul itself); and MindSpore 2.10's CPU MatMul reads W^T at up to 2.5x the
+    speed of W with transpose_b (docs/mindspore_cpu.md), so the device policy keeps CPU copies
+    transposed. The model's own parameter always keeps the checkpoint's [vocab, hidden].
+    """
+
+    def __init__(self, weight, transposed: bool):
         super().__init__()
-        self.weight = Parameter(weight, name="visual_head", requires_grad=False)
+        self.transposed = transposed
+        self.weight = Parameter(weight, name="decode_head", requires_grad=False)
 
 
 class StepGraphs(nn.Cell):
     """The compiled graphs of one decoding setup: model, cache(s) and StepSettings.
 
-    A step is one graph: the model's cached forward for the previous tokens, the head slice,
-    guidance and sampling. Where the cache runner splits its decode into a graph that only
-    reads the cache (`_decode`, returning the new keys/values) and one that writes them
-    (`_commit`) -- a graph that both reads and writes a parameter gets a copy of it -- the step
-    graph takes the reading half and the commit follows it; otherwise the runner's `decode`,
-    which writes the cache itself, is called inside the step graph.
+    A step is one graph: the cache runner's decode for the previous tokens (emu3_lm.cache,
+    which writes the cache in place), the head slice, guidance and sampling.
     """
 
     def __init__(self, model, runner, uncond_runner, head, settings: StepSettings):
@@ -100,21 +102,18 @@ class StepGraphs(nn.Cell):
         self.sampling = settings.sampling
         self.eos = settings.eos
         self.pad = settings.pad
-        # the model's own head may hold W^T (emu3_lm.model.Emu3Head); the slice copies hold W
+        # the model's own lm_head holds W [vocab, hidden]; a _Head copy may hold W^T
         self.matmul = ops.MatMul(transpose_b=not getattr(head, "transposed", False))
-        self.two_phase = hasattr(runner, "_commit") and hasattr(runner, "_decode")
 
     # -- inside the graphs --
 
     def _run(self, runner, tokens, slot):
-        if self.two_phase:
-            h, ks, vs = runner._decode(tokens, slot)
-            return h, (ks, vs)
-        h = runner.decode(tokens, slot)
+        h = runner.run_decode(tokens, slot)
         return h, (h,)  # returned so that the graph keeps the cache writes
 
     def _forward(self, tokens, slot, slot_u):
-        """Hidden states of the cond (or cond+uncond) and uncond rows, and what `_commit` needs."""
+        """Hidden states of the cond (or cond+uncond) and uncond rows, and outputs that keep the
+        cache writes in the graph."""
         if self.mode == "batched":
             h, kv = self._run(self.runner, ops.cat((tokens, tokens)), slot)
             return h, h, (kv, kv)
@@ -167,41 +166,28 @@ class StepGraphs(nn.Cell):
         h, hu, kv = self._forward(tokens, slot, slot_u)
         return self._scores(h, hu), kv
 
-    # -- host side: a graph, then the commit --
-
-    def _commit(self, kv, slot, slot_u) -> None:
-        if not self.two_phase:
-            return
-        for r, (ks, vs), at in ((self.runner, kv[0], slot), (self.runner_u, kv[1], slot_u)):
-            r._commit(ms.mutable(ks), ms.mutable(vs), r.one_per_row, at, False)
-            if self.mode != "unbatched":
-                break
+    # -- host side --
 
     def step(self, tokens, slot, slot_u, step, table, u_all, done):
         """Decode the previous tokens at cache slot `slot` (and `slot_u`), pick position `step`."""
-        tok, done, kv = self._step(tokens, slot, slot_u, step, table, u_all, done)
-        self._commit(kv, slot, slot_u)
+        tok, done, _ = self._step(tokens, slot, slot_u, step, table, u_all, done)
         return tok, done
 
     def feed(self, tokens, slot, slot_u) -> None:
         """Decode the previous tokens only (the next position is forced for every row)."""
-        self._commit(self._feed(tokens, slot, slot_u), slot, slot_u)
+        self._feed(tokens, slot, slot_u)
 
     def step_scores(self, tokens, slot, slot_u):
-        scores, kv = self._step_scores(tokens, slot, slot_u)
-        self._commit(kv, slot, slot_u)
+        scores, _ = self._step_scores(tokens, slot, slot_u)
         return scores
 
 
-# ---- caches and compiled graphs, kept per model --------------------------------------------------
+# ---- head copies and compiled graphs, kept per model --------------------------------------------
 #
-# The step graphs call the compiled prefill/decode of emu3_lm's cache runner (`CachedRunner`
-# over a `KVCache`) inside their own graph, so that one step is one graph. The runners are made
-# here rather than through `model.setup_cache`, which holds a single cache: the unbatched
-# guidance branch needs a second one, and keeping a few caches lets calls that alternate between
-# batch sizes (guided images, answers) reuse their compiled graphs instead of compiling again.
-
-KEEP_CACHE_BYTES = 1 << 30  # caches kept for reuse beyond those of the current call
+# Caches and their compiled prefill/decode come from emu3_lm's cache pool (`model.cache_pool`):
+# the step graphs call the runner's decode inside their own graph, so that one step is one
+# graph. The unbatched guidance branch takes a second cache under its own role. Kept here,
+# per model: the head copy and the step graphs, dropped with the caches they are bound to.
 
 _STATE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -209,7 +195,7 @@ _STATE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def _state(model) -> dict:
     st = _STATE.get(model)
     if st is None:
-        st = {"heads": {}, "runners": OrderedDict(), "graphs": {}}
+        st = {"heads": {}, "graphs": {}}
         _STATE[model] = st
     return st
 
@@ -218,58 +204,32 @@ def _round_up(n: int, m: int) -> int:
     return (n + m - 1) // m * m
 
 
-def _cache_bytes(runner) -> int:
-    c = runner.cache
-    per_layer = 2 * c.batch_size * c.num_kv_heads * c.max_seq_len * c.head_dim * c.k[0].itemsize
-    return per_layer * len(c.k)
-
-
-def _runner(model, role: str, batch: int, length: int):
-    """A cache of `batch` rows and `length` slots with its compiled prefill/decode, reused when
-    one of that size (and role: "cond" or "uncond") is kept."""
-    from emu3_lm.model import KVCache, CachedRunner
-
-    runners = _state(model)["runners"]
-    key = (role, batch, length, model.dtype)
-    r = runners.pop(key, None)
-    if r is None:
-        c = model.config
-        cache = KVCache(c.num_hidden_layers, batch, c.num_key_value_heads, length, c.head_dim, model.dtype)
-        r = CachedRunner(model, cache)
-    runners[key] = r  # most recently used last
-    return r
-
-
 def _evict(model, keep) -> None:
-    """Drop the least recently used caches (not those in `keep`) beyond KEEP_CACHE_BYTES, and
-    the graphs bound to dropped caches or heads."""
+    """Let the cache pool drop least recently used caches (not those in `keep`), then drop the
+    graphs bound to dropped caches or heads."""
+    pool = model.cache_pool
+    pool.evict(keep)
     st = _state(model)
-    runners = st["runners"]
-    extra = [k for k, r in runners.items() if not any(r is x for x in keep)]
-    while extra and sum(_cache_bytes(runners[k]) for k in extra) > KEEP_CACHE_BYTES:
-        del runners[extra.pop(0)]
-    live = list(runners.values())
     heads = [model.lm_head, *st["heads"].values()]
-
-    def alive(x, pool):
-        return any(x is y for y in pool)
-
     st["graphs"] = {k: g for k, g in st["graphs"].items()
-                    if alive(g.runner, live) and (g.runner_u is None or alive(g.runner_u, live))
-                    and alive(g.head, heads)}
+                    if pool.holds(g.runner) and (g.runner_u is None or pool.holds(g.runner_u))
+                    and any(g.head is h for h in heads)}
 
 
 def _head(model, start: int, stop: int):
-    """lm_head rows [start, stop): the model's own Cell for the whole vocabulary, else a copy
-    refreshed from the model's weights at every call (so changed weights are never stale)."""
-    if start == 0 and stop == model.config.vocab_size:
+    """What the step graphs multiply with for lm_head rows [start, stop): where the device policy
+    keeps W (accelerators), the model's own lm_head for the whole vocabulary; otherwise a copy
+    (W^T on CPU), refreshed from the model's weights at every call so that it is never stale."""
+    transposed = device.policy().transposed_head
+    if start == 0 and stop == model.config.vocab_size and not transposed:
         return model.lm_head
+    w = model.lm_head.weight
+    rows = w[start:stop].T.copy() if transposed else w[start:stop].copy()
     heads = _state(model)["heads"]
-    rows = model.lm_head.rows(start, stop)
-    head = heads.get((start, stop))
+    head = heads.get((start, stop, transposed))
     if head is None:
-        heads.clear()  # one slice at a time: it can be large
-        head = heads[(start, stop)] = _Head(rows)
+        heads.clear()  # one copy at a time: it can be large
+        head = heads[(start, stop, transposed)] = _Head(rows, transposed)
     else:
         ops.assign(head.weight, rows)
     return head
@@ -351,11 +311,12 @@ def prefill(model, prompts, negative_prompts=None, *, cfg_scale: float = 1.0, ba
         ids, mask = _bucket(*left_pad(prompts + negative_prompts, pad), pad)
     else:
         ids, mask = _bucket(*left_pad(prompts, pad), pad)
-    runner = _runner(model, "cond", len(ids), _round_up(len(ids[0]) + new_tokens, CACHE_ROUND))
+    pool = model.cache_pool
+    runner = pool.runner(len(ids), _round_up(len(ids[0]) + new_tokens, CACHE_ROUND), role="cond")
     runner_u = ids_u = None
     if mode == "unbatched":
         ids_u, mask_u = _bucket(*left_pad(negative_prompts, pad), pad)
-        runner_u = _runner(model, "uncond", b, _round_up(len(ids_u[0]) + new_tokens, CACHE_ROUND))
+        runner_u = pool.runner(b, _round_up(len(ids_u[0]) + new_tokens, CACHE_ROUND), role="uncond")
     head = _head(model, start, stop)
     _evict(model, keep=[r for r in (runner, runner_u) if r is not None])
     graphs = _graphs(model, runner, runner_u, head, settings)

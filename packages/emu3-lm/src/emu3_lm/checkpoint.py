@@ -129,16 +129,7 @@ def load_pretrained(cls, path: str | os.PathLike, dtype=None):
         names[key] = name
         expected[name] = shape
     model = cls(config, dtype=_ms_dtype(dtype), init_weights=False)
-    # shapes and arrays as the model stores them (its lm_head may be held transposed)
-    turned = model._stored_transposed()
-    want = model.checkpoint_shapes()
-    for n in turned & expected.keys():  # named in the file's orientation, not the stored one
-        if tuple(expected[n]) != want[n]:
-            raise CheckpointError(f"checkpoint {directory} ({layout} layout) does not match the model: "
-                                  f"{n} is {list(expected[n])} in the checkpoint, the model needs {list(want[n])}")
-    expected = {n: tuple(s)[::-1] if n in turned else s for n, s in expected.items()}
-    arrays = ((names[key], model.from_checkpoint(names[key], arr))
-              for key, arr in iter_checkpoint(directory, names=list(names), bf16="bits"))
+    arrays = ((names[key], arr) for key, arr in iter_checkpoint(directory, names=list(names), bf16="bits"))
     load_into(model, arrays, what=f"checkpoint {directory} ({layout} layout)", expected_names=expected)
     model.set_train(False)
     return model

@@ -1,20 +1,23 @@
-"""The Emu3 causal language model on MindSpore: a Llama-style decoder with a static KV cache.
+"""The Emu3 causal language model on MindSpore: a Llama-style decoder.
 
 Architecture as in BAAI's `emu3/mllm/modeling_emu3.py`: grouped-query attention, RoPE
 (theta, optional linear or dynamic-NTK scaling), RMSNorm computed in fp32, SwiGLU MLP, no
 biases, an lm_head separate from the embedding. Dropout with p = attention_dropout on the
-embeddings, the attention weights and both residual branches, in training only.
-Parameter names are the original checkpoint's keys (`model.layers.N.self_attn.q_proj.weight`,
-`lm_head.weight`, ...), so loading is a literal key table (see checkpoint.py).
+embeddings, the attention weights and both residual branches, in training only (`set_train`).
+Parameter names and shapes are the original checkpoint's (`model.layers.N.self_attn.q_proj.weight`,
+`lm_head.weight` [vocab, hidden], ...) on every device, so loading is a literal key table
+(see checkpoint.py) and a parameter means the same thing to every process and device.
 
-Positions come from the attention mask (cumsum - 1), so left padding changes nothing for the
-real tokens. Decoding runs over a preallocated cache (`setup_cache`, `prefill`, `decode_step`,
-`extend`), each step compiled once with `@ms.jit`, new keys/values written into the cache in place.
+One path through the layers, `Emu3Model.construct(input_ids, mask, positions, kv=None)`,
+serves training (`Emu3ForCausalLM.loss`), the full forward (`__call__`) and cached decoding
+(`cache.CachedRunner`, which passes the cache). Nothing here is compiled by itself: callers
+compile at their call site (the runner's steps, emu3-decoding's step graphs, a train step).
+Positions default to the attention mask's count of real tokens (cumsum - 1), so left padding
+changes nothing for the real tokens; callers may pass `position_ids` (packed samples,
+sequence-parallel offsets).
 """
 
 from __future__ import annotations
-
-import itertools
 
 import mindspore as ms
 import numpy as np
@@ -22,8 +25,9 @@ from emu3_vq import device
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, initializer
 
-from .attention import make_attention
+from .attention import make_attention, mask_spec, slots
 from .config import Emu3LMConfig
+from .loss import IGNORE_INDEX, HeadCrossEntropy, chunk_tokens
 
 
 def _weight(shape, dtype, std: float | None) -> Parameter:
@@ -50,36 +54,6 @@ class Emu3Linear(nn.Cell):
         shape = x.shape
         y = self.matmul(x.reshape(-1, shape[-1]), self.weight)
         return y.reshape(shape[:-1] + (self.out_features,))
-
-
-class Emu3Head(nn.Cell):
-    """lm_head: logits = x W^T, with W [vocab, hidden] in checkpoints.
-
-    transposed=True holds W^T [hidden, vocab] instead (the default on CPU): MindSpore 2.10's CPU
-    MatMul with transpose_b over the 184622 vocabulary rows runs at a third of the memory
-    bandwidth, while the same product from W^T is 2.5x faster (hidden 1024: 27 ms vs 10 ms a
-    token), and a token's text decode step is mostly this matmul. Checkpoints always hold W:
-    `Emu3ForCausalLM.state_dict`/`load_state_dict` and from/save_pretrained turn it.
-    """
-
-    def __init__(self, in_features: int, out_features: int, dtype, std: float, transposed: bool):
-        super().__init__()
-        self.out_features = out_features
-        self.transposed = transposed
-        self.weight = _weight((in_features, out_features) if transposed else (out_features, in_features),
-                              dtype, std)
-        self.matmul = ops.MatMul(transpose_b=not transposed)
-
-    def construct(self, x):
-        shape = x.shape
-        y = self.matmul(x.reshape(-1, shape[-1]), self.weight)
-        return y.reshape(shape[:-1] + (self.out_features,))
-
-    def rows(self, start: int, stop: int) -> Tensor:
-        """A copy of W rows [start, stop): [stop - start, hidden], whatever the storage."""
-        if self.transposed:
-            return self.weight[:, start:stop].T.copy()
-        return self.weight[start:stop].copy()
 
 
 class Emu3Embedding(nn.Cell):
@@ -172,34 +146,28 @@ class Emu3Attention(nn.Cell):
                                    config.attn_implementation)
         self.write = ops.ScatterUpdate()
 
-    def _qkv(self, x, cos, sin):
-        b, n = x.shape[0], x.shape[1]
-        q = self.q_proj(x).reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
-        k = self.k_proj(x).reshape(b, n, self.num_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
-        v = self.v_proj(x).reshape(b, n, self.num_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
-        return _apply_rope(q, cos, sin), _apply_rope(k, cos, sin), v
+    def construct(self, x, cos, sin, mask, kv=None):
+        """Self-attention over x [B, L, hidden].
 
-    def construct(self, x, cos, sin, allowed):
-        """Self-attention over x [B, L, hidden]; allowed bool [B, L, L]."""
-        q, k, v = self._qkv(x, cos, sin)
-        return self.o_proj(self.core(q, k, v, allowed))
-
-    def forward_cached(self, x, cos, sin, allowed, k_cache, v_cache, rows):
-        """Write this call's keys/values into the cache rows `rows`, then attend over the whole cache.
-
-        k_cache, v_cache: [B*Hkv*S, D] parameters (row (b*Hkv + h)*S + slot); rows: int32
-        [B*Hkv*L] in (b, h, l) order; allowed: bool [B, L, S].
+        kv None: the keys are this call's own tokens. kv (k_cache, v_cache, rows): the layer's
+        cache, [B*Hkv*S, D] parameters (row (b*Hkv + h)*S + slot), and the int32 rows [B*Hkv*L]
+        ((b, h, l) order) where this call's keys/values are written before attending over all S.
         """
-        q, k, v = self._qkv(x, cos, sin)
-        b, d = x.shape[0], self.head_dim
-        slots = k_cache.shape[0] // (b * self.num_kv_heads)
-        # ScatterUpdate along the first axis writes in place (slice assignment would rebuild the
-        # cache). The reshape for the batched matmuls still copies the layer's cache once per step
-        # in MindSpore 2.10 on CPU (profiled; so did every other arrangement tried), which is what
-        # makes a step at 8k slots slower than at 512.
-        k_all = self.write(k_cache, rows, k.reshape(-1, d)).reshape(b, self.num_kv_heads, slots, d)
-        v_all = self.write(v_cache, rows, v.reshape(-1, d)).reshape(b, self.num_kv_heads, slots, d)
-        return self.o_proj(self.core(q, k_all, v_all, allowed))
+        b, n, d = x.shape[0], x.shape[1], self.head_dim
+        q = self.q_proj(x).reshape(b, n, self.num_heads, d).transpose(0, 2, 1, 3)
+        k = self.k_proj(x).reshape(b, n, self.num_kv_heads, d).transpose(0, 2, 1, 3)
+        v = self.v_proj(x).reshape(b, n, self.num_kv_heads, d).transpose(0, 2, 1, 3)
+        q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
+        if kv is not None:
+            k_cache, v_cache, rows = kv
+            slots = k_cache.shape[0] // (b * self.num_kv_heads)
+            # ScatterUpdate along the first axis writes in place (slice assignment would rebuild the
+            # cache). The reshape for the batched matmuls still copies the layer's cache once per step
+            # in MindSpore 2.10 on CPU (profiled; so did every other arrangement tried), which is what
+            # makes a step at 8k slots slower than at 512.
+            k = self.write(k_cache, rows, k.reshape(-1, d)).reshape(b, self.num_kv_heads, slots, d)
+            v = self.write(v_cache, rows, v.reshape(-1, d)).reshape(b, self.num_kv_heads, slots, d)
+        return self.o_proj(self.core(q, k, v, mask))
 
 
 class Emu3MLP(nn.Cell):
@@ -215,6 +183,9 @@ class Emu3MLP(nn.Cell):
 
 
 class Emu3DecoderLayer(nn.Cell):
+    """Pre-norm attention and MLP blocks with residuals. A Cell of its own, so that
+    `layer.recompute()` trades its activations for a second forward in the backward."""
+
     def __init__(self, config: Emu3LMConfig, dtype, std: float):
         super().__init__()
         self.dropout = config.attention_dropout
@@ -228,16 +199,9 @@ class Emu3DecoderLayer(nn.Cell):
             return ops.dropout(x, p=self.dropout, training=True)
         return x
 
-    def _mlp_block(self, h):
+    def construct(self, h, cos, sin, mask, kv=None):
+        h = h + self._drop(self.self_attn(self.input_layernorm(h), cos, sin, mask, kv))
         return h + self._drop(self.mlp(self.post_attention_layernorm(h)))
-
-    def construct(self, h, cos, sin, allowed):
-        h = h + self._drop(self.self_attn(self.input_layernorm(h), cos, sin, allowed))
-        return self._mlp_block(h)
-
-    def forward_cached(self, h, cos, sin, allowed, k_cache, v_cache, rows):
-        a = self.self_attn.forward_cached(self.input_layernorm(h), cos, sin, allowed, k_cache, v_cache, rows)
-        return self._mlp_block(h + self._drop(a))
 
 
 class Emu3Model(nn.Cell):
@@ -246,133 +210,45 @@ class Emu3Model(nn.Cell):
     def __init__(self, config: Emu3LMConfig, dtype, std: float):
         super().__init__()
         self.dropout = config.attention_dropout
+        self.num_layers = config.num_hidden_layers
         self.embed_tokens = Emu3Embedding(config.vocab_size, config.hidden_size, dtype, std)
         self.layers = nn.CellList(
             [Emu3DecoderLayer(config, dtype, std) for _ in range(config.num_hidden_layers)])
         self.norm = Emu3RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         self.rotary_emb = Emu3RotaryEmbedding(config)
 
-    def embed(self, ids):
-        h = self.embed_tokens(ids)
+    def construct(self, input_ids, mask, positions, kv=None):
+        """The one path through the layers: input_ids int32 [B, L], a mask description (attention.mask_spec), int32
+        positions [B, L] -> hidden states [B, L, hidden] after the final norm.
+
+        kv None (training, full forward), or (k_caches, v_caches, rows): every layer's cache
+        and the rows this call's keys/values go to (see Emu3Attention; cache.CachedRunner).
+        """
+        h = self.embed_tokens(input_ids)
         if self.training and self.dropout > 0:  # the original drops the embeddings too
             h = ops.dropout(h, p=self.dropout, training=True)
-        return h
-
-    @ms.jit
-    def construct(self, input_ids, attention_mask=None):
-        """input_ids int32 [B, L], attention_mask 1/0 [B, L] -> hidden states [B, L, hidden]."""
-        if attention_mask is None:
-            attention_mask = ops.ones_like(input_ids)
-        mask = attention_mask.astype(ms.int32)
-        n = input_ids.shape[1]
-        positions = ops.maximum(ops.cumsum(mask, 1) - 1, 0)
-        idx = ops.arange(0, n, 1, dtype=ms.int32)
-        causal = idx.reshape(1, n, 1) >= idx.reshape(1, 1, n)
-        # a query sees earlier real tokens; padding queries see themselves (no empty rows)
-        allowed = ops.logical_or(ops.logical_and(causal, mask.reshape(-1, 1, n) > 0),
-                                 idx.reshape(1, n, 1) == idx.reshape(1, 1, n))
-        h = self.embed(input_ids)
         cos, sin = self.rotary_emb(positions)
-        for layer in self.layers:
-            h = layer(h, cos, sin, allowed)
+        for i in range(self.num_layers):
+            layer_kv = None if kv is None else (kv[0][i], kv[1][i], kv[2])
+            h = self.layers[i](h, cos, sin, mask, layer_kv)
         return self.norm(h)
 
 
-_cache_ids = itertools.count()
+def sequence_inputs(input_ids, attention_mask=None, position_ids=None, segment_ids=None):
+    """The mask description and positions of a whole sequence (no cache); graph-safe.
 
-
-class KVCache(nn.Cell):
-    """Preallocated keys/values of every layer and which slots hold real tokens.
-
-    k[i], v[i]: [B*Hkv*S, D] parameters, i.e. [B, Hkv, S, D] in memory order with row
-    (b*Hkv + h)*S + slot, so that a ScatterUpdate writes a step's rows in place.
-    valid: int32 [B*S], 1 where slot s of row b holds a real (not padding) token.
+    attention_mask 1/0 [B, L] (None: all real); position_ids [B, L] (None: each row's count of
+    real tokens so far, cumsum - 1, so left padding shifts nothing); segment_ids [B, L] for
+    packed samples (a token attends within its segment; pass position_ids that restart too).
     """
-
-    def __init__(self, num_layers: int, batch_size: int, num_kv_heads: int, max_seq_len: int, head_dim: int,
-                 dtype):
-        super().__init__()
-        tag = next(_cache_ids)
-        rows = batch_size * num_kv_heads * max_seq_len
-        self.batch_size, self.max_seq_len, self.num_kv_heads, self.head_dim = (
-            batch_size, max_seq_len, num_kv_heads, head_dim)
-        self.dtype = dtype
-
-        def zeros(shape, dtype, name):
-            return Parameter(initializer("zeros", shape, dtype), name=f"kv{tag}.{name}", requires_grad=False)
-
-        self.k = ms.ParameterTuple([zeros((rows, head_dim), dtype, f"k.{i}") for i in range(num_layers)])
-        self.v = ms.ParameterTuple([zeros((rows, head_dim), dtype, f"v.{i}") for i in range(num_layers)])
-        self.valid = zeros((batch_size * max_seq_len,), ms.int32, "valid")
-
-    def layer(self, i: int) -> tuple[Tensor, Tensor]:
-        """Keys and values of layer i as [B, Hkv, S, D] (copies)."""
-        shape = (self.batch_size, self.num_kv_heads, self.max_seq_len, self.head_dim)
-        return self.k[i].reshape(shape), self.v[i].reshape(shape)
-
-
-class CachedRunner(nn.Cell):
-    """The compiled prefill/extend/decode steps of one model over one KVCache.
-
-    Public so that a caller can own several caches (e.g. the unbatched guidance branch of
-    emu3-decoding) and call `prefill`/`decode` from inside its own compiled graph, making a whole
-    decode step one graph: `CachedRunner(model, KVCache(...))`. `model.setup_cache` is the
-    simple path, one cache per model. A new cache (other batch size or length) gets a new runner, hence fresh compiled graphs;
-    the model and the cache are held outside the Cell tree so their parameters keep their names.
-    """
-
-    def __init__(self, model: "Emu3ForCausalLM", cache: KVCache):
-        super().__init__()
-        object.__setattr__(self, "lm", model)
-        object.__setattr__(self, "cache", cache)
-        self.num_layers = model.config.num_hidden_layers
-        self.num_kv_heads = model.config.num_key_value_heads
-        self.batch_size = cache.batch_size
-        self.max_seq_len = cache.max_seq_len
-        self.write = ops.ScatterUpdate()
-
-    def _extend(self, input_ids, mask, start):
-        """Run tokens [B, C] (mask [B, C]) at cache slots start..start+C-1 -> hidden [B, C, hidden] fp32."""
-        b, c, s = self.batch_size, input_ids.shape[1], self.max_seq_len
-        slot_idx = ops.arange(0, s, 1, dtype=ms.int32)
-        valid = self.cache.valid.reshape(b, s)
-        # each row continues from its own count of real tokens
-        before = (valid * (slot_idx < start).astype(ms.int32)).sum(1).astype(ms.int32)
-        positions = before.reshape(b, 1) + ops.maximum(ops.cumsum(mask, 1) - 1, 0)
-        new_slots = start + ops.arange(0, c, 1, dtype=ms.int32)  # [C]
-        batch = ops.arange(0, b, 1, dtype=ms.int32)
-        valid_rows = (batch.reshape(b, 1) * s + new_slots.reshape(1, c)).reshape(-1)
-        valid = self.write(self.cache.valid, valid_rows, mask.reshape(-1)).reshape(b, 1, s)
-        # a token sees the real tokens up to its own slot; padding sees itself (no empty softmax rows)
-        query_slot = new_slots.reshape(1, c, 1)
-        allowed = ops.logical_or(ops.logical_and(valid > 0, slot_idx.reshape(1, 1, s) <= query_slot),
-                                 slot_idx.reshape(1, 1, s) == query_slot)
-        heads = ops.arange(0, b * self.num_kv_heads, 1, dtype=ms.int32)
-        kv_rows = (heads.reshape(-1, 1) * s + new_slots.reshape(1, c)).reshape(-1)
-
-        model = self.lm.model
-        h = model.embed(input_ids)
-        cos, sin = model.rotary_emb(positions)
-        k, v = self.cache.k, self.cache.v
-        for i in range(self.num_layers):
-            h = model.layers[i].forward_cached(h, cos, sin, allowed, k[i], v[i], kv_rows)
-        return model.norm(h).astype(ms.float32)
-
-    @ms.jit
-    def prefill(self, input_ids, attention_mask):
-        ops.assign(self.cache.valid, ops.zeros_like(self.cache.valid))  # a new sequence
-        h = self._extend(input_ids, attention_mask.astype(ms.int32), 0)
-        return h[:, -1]
-
-    @ms.jit
-    def extend(self, input_ids, attention_mask, start):
-        return self._extend(input_ids, attention_mask.astype(ms.int32), start)
-
-    @ms.jit
-    def decode(self, tokens, slot):
-        ids = tokens.reshape(-1, 1)
-        h = self._extend(ids, ops.ones_like(ids), slot)
-        return h[:, 0]
+    n = input_ids.shape[1]
+    valid = ops.ones_like(input_ids) if attention_mask is None else attention_mask.astype(ms.int32)
+    if position_ids is None:
+        positions = ops.maximum(ops.cumsum(valid, 1) - 1, 0)
+    else:
+        positions = position_ids.astype(ms.int32)
+    segments = None if segment_ids is None else segment_ids.astype(ms.int32)
+    return mask_spec(slots(n), valid, segments), positions
 
 
 def _as_int_tensor(x, name: str) -> Tensor:
@@ -392,79 +268,62 @@ class Emu3ForCausalLM(nn.Cell):
 
     Args:
         config: the architecture.
-        dtype: parameter/compute dtype; default `emu3_vq.device.default_dtype()` (fp32 on CPU,
+        dtype: parameter/compute dtype; default `emu3_vq.device.policy().dtype` (fp32 on CPU,
             fp16 on GPU, bf16 on Ascend).
         init_weights: draw fresh normal(0, initializer_range) weights; False leaves them zero
             (cheap) for a checkpoint to fill, as `from_pretrained` does.
+
+    Training: `loss(input_ids, labels, ...)` under `mindspore.value_and_grad`; `set_train(True)`
+    turns dropout on; `layer.recompute()` on `model.layers[i]` recomputes a layer in the backward.
+    Inference: `__call__` gives full-sequence logits; `setup_cache`/`prefill`/`extend`/
+    `decode_step` run over a static KV cache (cache.py); `logits(h, start, stop)` a head slice.
     """
 
-    def __init__(self, config: Emu3LMConfig, dtype=None, init_weights: bool = True,
-                 transposed_head: bool | None = None):
+    def __init__(self, config: Emu3LMConfig, dtype=None, init_weights: bool = True):
         super().__init__()
         self.config = config
         self.vocab_size = config.vocab_size
-        self.dtype = device.default_dtype() if dtype is None else dtype
+        self.dtype = device.policy().dtype if dtype is None else dtype
         std = config.initializer_range if init_weights else 0.0
         self.model = Emu3Model(config, self.dtype, std)
-        transposed = device.is_cpu() if transposed_head is None else bool(transposed_head)
-        self.lm_head = Emu3Head(config.hidden_size, config.vocab_size, self.dtype, std, transposed)
-        self.slice_matmul = ops.MatMul(transpose_b=not transposed)  # for lm_head rows [start, stop)
+        self.lm_head = Emu3Linear(config.hidden_size, config.vocab_size, self.dtype, std)
+        self.slice_matmul = ops.MatMul(transpose_b=True)  # h W[start:stop]^T
+        self.head_loss = HeadCrossEntropy(chunk_tokens(config.vocab_size))
+        object.__setattr__(self, "_pool", None)
         object.__setattr__(self, "_runner", None)
 
     # ---- weights in checkpoint orientation -------------------------------------------------
-    def _stored_transposed(self) -> frozenset[str]:
-        """Parameter names held transposed relative to the checkpoint."""
-        return frozenset({"lm_head.weight"}) if self.lm_head.transposed else frozenset()
-
     def checkpoint_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Parameter name -> shape as a checkpoint holds it ([vocab, hidden] for lm_head.weight)."""
-        turned = self._stored_transposed()
-        return {name: tuple(p.shape)[::-1] if name in turned else tuple(p.shape)
-                for name, p in self.parameters_and_names()}
-
-    def to_checkpoint(self, name: str, array: np.ndarray) -> np.ndarray:
-        """A parameter's array (as stored here) in checkpoint orientation."""
-        return np.ascontiguousarray(array.T) if name in self._stored_transposed() else array
-
-    def from_checkpoint(self, name: str, array: np.ndarray) -> np.ndarray:
-        """A checkpoint array in the orientation this model stores it (views keep their type,
-        e.g. emu3_vq.weights.BF16Bits)."""
-        if name in self._stored_transposed():
-            return np.ascontiguousarray(array.T).view(type(array))
-        return array
+        """Parameter name -> shape, as a checkpoint holds it (the parameters' own shapes)."""
+        return {name: tuple(p.shape) for name, p in self.parameters_and_names()}
 
     def checkpoint_arrays(self):
-        """(name, array) in checkpoint orientation, bf16 as float32; arrays may share the
-        parameters' memory (for writing files without a second copy of the model)."""
+        """(name, array), bf16 as float32; arrays may share the parameters' memory (for writing
+        files without a second copy of the model)."""
         for name, param in self.parameters_and_names():
             value = param.astype(ms.float32) if param.dtype == ms.bfloat16 else param
-            yield name, self.to_checkpoint(name, value.asnumpy())
+            yield name, value.asnumpy()
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Parameter name -> numpy copy in checkpoint orientation (bf16 parameters as float32)."""
+        """Parameter name -> numpy copy (bf16 parameters as float32)."""
         return {name: np.array(arr) for name, arr in self.checkpoint_arrays()}
 
     def load_state_dict(self, arrays) -> None:
-        """Assign checkpoint-oriented arrays (a mapping or (name, array) pairs) strictly: missing,
-        unexpected or misshapen names raise emu3_vq.weights.CheckpointError naming them."""
+        """Assign arrays (a mapping or (name, array) pairs) strictly: missing, unexpected or
+        misshapen names raise emu3_vq.weights.CheckpointError naming them."""
         from emu3_vq.weights import load_into
 
+        expected = None
         if hasattr(arrays, "items"):
             expected = {name: np.shape(a) for name, a in arrays.items()}
             arrays = arrays.items()
-        else:
-            expected = None
-        turned = self._stored_transposed()
-        if expected is not None:
-            expected = {n: tuple(s)[::-1] if n in turned else s for n, s in expected.items()}
-        load_into(self, ((n, self.from_checkpoint(n, a)) for n, a in arrays), what="state dict",
-                  expected_names=expected)
+        load_into(self, arrays, what="state dict", expected_names=expected)
 
     # ---- checkpoints (checkpoint.py) -----------------------------------------------------
     @classmethod
     def from_pretrained(cls, path, dtype=None) -> Emu3ForCausalLM:
         """Load a local checkpoint directory (original or -hf layout) or a hub id already in the local
-        Hugging Face cache; strict about keys and shapes. dtype: default `emu3_vq.device.default_dtype()`."""
+        Hugging Face cache; strict about keys and shapes. dtype: default `emu3_vq.device.policy().dtype`."""
         from .checkpoint import load_pretrained
 
         return load_pretrained(cls, path, dtype)
@@ -476,19 +335,55 @@ class Emu3ForCausalLM(nn.Cell):
 
         return save_pretrained(self, directory, layout=layout, max_shard_bytes=max_shard_bytes, dtype=dtype)
 
-    # ---- full sequence -------------------------------------------------------------------
-    @ms.jit
-    def construct(self, input_ids, attention_mask=None):
-        """input_ids int32 [B, L], attention_mask 1/0 [B, L] (left padding) -> logits [B, L, V] fp32."""
-        return self.lm_head(self.model(input_ids, attention_mask)).astype(ms.float32)
+    # ---- full sequence: logits and loss ----------------------------------------------------
+    def hidden_states(self, input_ids, attention_mask=None, position_ids=None, segment_ids=None):
+        """input_ids int32 [B, L] -> hidden states [B, L, hidden] after the final norm (see
+        `sequence_inputs` for the optional arguments)."""
+        mask, positions = sequence_inputs(input_ids, attention_mask, position_ids, segment_ids)
+        return self.model(input_ids, mask, positions)
 
-    # ---- static KV cache -----------------------------------------------------------------
+    def construct(self, input_ids, attention_mask=None, position_ids=None, segment_ids=None):
+        """input_ids int32 [B, L], attention_mask 1/0 [B, L] -> logits [B, L, V] fp32.
+
+        Not compiled here: wrap the call in `mindspore.jit` where speed matters.
+        """
+        h = self.hidden_states(input_ids, attention_mask, position_ids, segment_ids)
+        return self.lm_head(h).astype(ms.float32)
+
+    def loss(self, input_ids, labels, attention_mask=None, position_ids=None, segment_ids=None):
+        """Mean next-token cross-entropy, 0-d fp32, as transformers' `Emu3ForCausalLM(labels=...)`.
+
+        labels int32 [B, L], unshifted (position t is scored on predicting labels[t] from tokens
+        before t; the shift happens here), IGNORE_INDEX (-100) where not supervised. The mean is
+        over supervised positions (0 when there are none). The head and the loss are computed
+        chunk by chunk in fp32 (loss.HeadCrossEntropy): no [B, L, vocab] logits are kept.
+        Differentiable with `mindspore.value_and_grad`; compile the step at the call site.
+        """
+        h = self.hidden_states(input_ids, attention_mask, position_ids, segment_ids)
+        b, n, width = h.shape
+        h = h[:, :-1].reshape(b * (n - 1), width)
+        target = labels[:, 1:].astype(ms.int32).reshape(-1)
+        total = self.head_loss(h, self.lm_head.weight, target)
+        count = ops.stop_gradient((target != IGNORE_INDEX).astype(ms.float32).sum())
+        return total / ops.maximum(count, 1.0)
+
+    # ---- static KV cache (cache.py) ------------------------------------------------------
     @property
-    def cache(self) -> KVCache | None:
+    def cache_pool(self):
+        """This model's caches and their compiled runners (cache.CachePool), shared by
+        `setup_cache` and the decoders."""
+        if self._pool is None:
+            from .cache import CachePool
+
+            object.__setattr__(self, "_pool", CachePool(self))
+        return self._pool
+
+    @property
+    def cache(self):
         """The KVCache allocated by `setup_cache` (None before)."""
         return None if self._runner is None else self._runner.cache
 
-    def setup_cache(self, batch_size: int, max_seq_len: int) -> KVCache:
+    def setup_cache(self, batch_size: int, max_seq_len: int):
         """Allocate (or reuse, when the size is unchanged) the cache for batch_size rows of max_seq_len slots.
 
         Every new size compiles the steps anew (seconds), and MindSpore keeps each compiled graph with
@@ -498,17 +393,11 @@ class Emu3ForCausalLM(nn.Cell):
         """
         if batch_size < 1 or max_seq_len < 1:
             raise ValueError(f"batch_size and max_seq_len must be positive, got {batch_size}, {max_seq_len}")
-        old = self.cache
-        if old is not None and (old.batch_size, old.max_seq_len, old.dtype) == (
-                batch_size, max_seq_len, self.dtype):
-            old.valid.set_data(ops.zeros_like(old.valid))
-            return old
-        object.__setattr__(self, "_runner", None)  # free the old cache first
-        c = self.config
-        cache = KVCache(c.num_hidden_layers, batch_size, c.num_key_value_heads, max_seq_len, c.head_dim,
-                        self.dtype)
-        object.__setattr__(self, "_runner", CachedRunner(self, cache))
-        return cache
+        object.__setattr__(self, "_runner", None)
+        runner = self.cache_pool.runner(batch_size, max_seq_len, role="setup_cache", exclusive=True)
+        runner.cache.reset()
+        object.__setattr__(self, "_runner", runner)
+        return runner.cache
 
     def _check_tokens(self, input_ids, attention_mask, start: int):
         if self._runner is None:
@@ -582,14 +471,8 @@ class Emu3ForCausalLM(nn.Cell):
 
     @ms.jit
     def _logits(self, h, start, stop):
-        head = self.lm_head
-        w = head.weight
+        w = self.lm_head.weight
         shape = h.shape
         x = h.reshape(-1, shape[-1]).astype(w.dtype)
-        if start == 0 and stop == self.vocab_size:
-            out = head.matmul(x, w)
-        elif head.transposed:
-            out = self.slice_matmul(x, w[:, start:stop])
-        else:
-            out = self.slice_matmul(x, w[start:stop])
+        out = self.slice_matmul(x, w if start == 0 and stop == self.vocab_size else w[start:stop])
         return out.astype(ms.float32).reshape(shape[:-1] + (stop - start,))
