@@ -27,10 +27,11 @@ def torch_conv3d(x, w, b, stride, pad):
                     stride=stride).numpy()
 
 
-def test_default_impl_on_cpu_is_im2col():
+def test_cells_pick_the_device_policys_conv_on_cpu():
     assert ms.get_context("device_target") == "CPU"
-    assert kernels.default_impl() == "im2col"
     assert Conv2d(4, 4, 3).impl == "im2col"
+    assert Conv3d(4, 4, 3).impl == "im2col"
+    assert Conv2d(4, 4, 3, impl="ops").impl == "ops"  # an explicit impl wins over the policy
 
 
 @pytest.mark.parametrize("impl", ["im2col", "ops"])

@@ -62,7 +62,7 @@ def register(subparsers) -> None:
 
 # ---- the model and its processor ------------------------------------------------------------
 
-AUTO_JIT_MIN_CH = 128  # `--jit auto` on CPU compiles models at least this wide (the real one: 256)
+AUTO_JIT_MIN_CH = 128  # `--jit auto` compiles models at least this wide (the real one: 256) on every device
 
 
 class _Tokenizer:
@@ -99,15 +99,15 @@ class _Tokenizer:
     @property
     def model(self):
         if self._model is None:
-            from .device import is_cpu
+            from . import device
             from .model import Emu3VQModel
 
             jit = self.jit == "on"
             if self.jit == "auto":
                 # Compiling costs seconds per input size and pays off at once for real-size
-                # models (256x256 on CPU: 3.2 s compiled vs 8.8 s eager, first call 7.4 s); only
-                # the tiny demo models run faster eagerly on CPU.
-                jit = not is_cpu() or self.config.ch >= AUTO_JIT_MIN_CH
+                # models (256x256 on CPU: 3.2 s compiled vs 8.8 s eager, first call 7.4 s); smaller
+                # ones are compiled only where the device policy says so (not on CPU).
+                jit = device.policy().jit_small_models or self.config.ch >= AUTO_JIT_MIN_CH
             self._model = Emu3VQModel.from_pretrained(self.path, jit=jit)
         return self._model
 

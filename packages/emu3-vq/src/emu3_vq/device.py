@@ -1,23 +1,78 @@
-"""Which device MindSpore runs on, and the choices that follow from it.
+"""Which device MindSpore runs on, and every choice that follows from it, in one table.
 
-Every kernel choice that depends on the device reads `device_target()` here, so that the
-same model code runs on CPU (tests, CI), GPU and Ascend.
+`policy()` is the one place in the project that decides by device target: the VQ's kernels
+(`kernels.py`), its frame batch (`model.py`), `--jit auto` (`commands.py`) and the LM's
+attention kernel, dtype and lm_head layout all read a field of it, so that the same model
+code runs on CPU (tests, CI), GPU and Ascend. Nothing else reads MindSpore's device_target.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import mindspore as ms
+
+
+@dataclass(frozen=True)
+class DevicePolicy:
+    """The per-device choices; `policy(target)` gives the one for a target."""
+
+    target: str  # 'CPU' | 'GPU' | 'Ascend', as MindSpore's context names it
+    # Default parameter/compute dtype. fp32 on CPU: bf16 matmul has no CPU kernel and fp16 has no
+    # fast one (sixteen 2048x2048 GEMVs: 10.8 ms fp32, 58.8 ms fp16); half precision on accelerators.
+    dtype: ms.Type
+    # VQ convolution kernel. 'im2col' on CPU: MindSpore's native CPU convolutions are some 250x
+    # slower than torch's; 'ops' convolutions on GPU; 'mint' on Ascend, the fast path there.
+    conv: str
+    # LM attention core. 'matmul' (fp32 softmax) on CPU/GPU: ops.flash_attention_score has no CPU
+    # kernel; 'flash' (the fused ops.flash_attention_score) on Ascend.
+    attention: str
+    # Decoders keep lm_head copies as W^T [hidden, vocab]: on CPU only, where MatMul with
+    # transpose_b over the vocabulary rows runs at a third of the memory bandwidth (hidden 1024:
+    # 27 ms vs 10 ms a token from W^T); accelerators use the checkpoint's W [vocab, hidden].
+    transposed_head: bool
+    # Latent frames per call of the VQ's 2-D encoder/decoder, bounding peak memory on long videos
+    # and large images: it grows with the frames in a call, and one 256x256 frame decoded on CPU
+    # already holds ~2.1 GB above the weights (model.py), so 1 there; 16 on accelerators (not
+    # measured here), where a batch of frames keeps the chip busy.
+    vq_frame_batch: int
+    # Whether `--jit auto` compiles models below real size. False on CPU: compiling costs seconds
+    # per input size, more than a tiny model's eager run; True elsewhere.
+    jit_small_models: bool
+
+
+_POLICIES = {
+    p.target: p for p in (
+        DevicePolicy("CPU", ms.float32, conv="im2col", attention="matmul", transposed_head=True,
+                     vq_frame_batch=1, jit_small_models=False),
+        DevicePolicy("GPU", ms.float16, conv="ops", attention="matmul", transposed_head=False,
+                     vq_frame_batch=16, jit_small_models=True),
+        DevicePolicy("Ascend", ms.bfloat16, conv="mint", attention="flash", transposed_head=False,
+                     vq_frame_batch=16, jit_small_models=True),
+    )
+}
+
+
+def policy(target: str | None = None) -> DevicePolicy:
+    """The policy of `target` ('CPU', 'GPU', 'Ascend'); None: MindSpore's current device_target."""
+    if target is None:
+        target = ms.get_context("device_target")
+    try:
+        return _POLICIES[target]
+    except KeyError:
+        raise ValueError(f"no device policy for device target {target!r}; "
+                         f"known targets: {', '.join(_POLICIES)}") from None
 
 
 def device_target() -> str:
     """'CPU', 'GPU' or 'Ascend', as set in MindSpore's context."""
-    return ms.get_context("device_target")
+    return policy().target
 
 
 def is_cpu() -> bool:
-    return device_target() == "CPU"
+    return policy().target == "CPU"
 
 
 def default_dtype() -> ms.Type:
-    """fp32 on CPU (no fast half-precision kernels there); bf16 on Ascend; fp16 on GPU."""
-    return {"CPU": ms.float32, "GPU": ms.float16, "Ascend": ms.bfloat16}[device_target()]
+    """fp32 on CPU, fp16 on GPU, bf16 on Ascend (see `DevicePolicy.dtype`)."""
+    return policy().dtype

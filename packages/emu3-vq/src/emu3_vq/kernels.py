@@ -1,7 +1,7 @@
 """Device-dependent kernels of the vision tokenizer: convolutions and GroupNorm.
 
 The model code only builds `Conv2d`, `Conv3d` and `GroupNorm` cells from here; which kernel
-runs is decided once, from `emu3_vq.device`, when a cell is built:
+runs is decided once, from `emu3_vq.device.policy().conv`, when a cell is built:
 
 - CPU ("im2col"): MindSpore's native CPU convolutions are some 250x slower than torch's, so
   a convolution is an im2col (`ops.unfold`, MindSpore's Im2Col kernel) followed by one matmul
@@ -30,18 +30,13 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, mint, nn, ops
 
-from emu3_vq.device import device_target
+from emu3_vq import device
 
 # Largest im2col matrix built at once, in elements (256 MiB in fp32); larger problems are cut
 # into bands of output rows, one matmul each.
 IM2COL_CHUNK_ELEMENTS = 1 << 26
 
 _IMPLS = ("im2col", "ops", "mint")
-
-
-def default_impl() -> str:
-    """The convolution kernel for the current device: 'im2col' (CPU), 'ops' (GPU), 'mint' (Ascend)."""
-    return {"CPU": "im2col", "GPU": "ops", "Ascend": "mint"}.get(device_target(), "ops")
 
 
 def _triple(v) -> tuple[int, int, int]:
@@ -63,7 +58,7 @@ def _pair(v) -> tuple[int, int]:
 
 
 def _check_impl(impl: str | None) -> str:
-    impl = default_impl() if impl is None else impl
+    impl = device.policy().conv if impl is None else impl
     if impl not in _IMPLS:
         raise ValueError(f"conv impl must be one of {_IMPLS}, got {impl!r}")
     return impl
@@ -287,7 +282,7 @@ class _ConvNd(nn.Cell):
 class Conv2d(_ConvNd):
     """2-D convolution, torch semantics; `padding` is an int or (left, right, top, bottom).
 
-    impl: None picks by device ('im2col' on CPU); 'im2col', 'ops' or 'mint' forces one.
+    impl: None: `device.policy().conv` ('im2col' on CPU); 'im2col', 'ops' or 'mint' forces one.
     dtype: compute dtype for the input and weight (e.g. ms.float16 on GPU); None keeps them.
     """
 

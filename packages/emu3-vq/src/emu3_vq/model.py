@@ -17,7 +17,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
-from emu3_vq import kernels
+from emu3_vq import device, kernels
 from emu3_vq.config import Emu3VQConfig
 from emu3_vq.kernels import Conv2d, Conv3d, GroupNorm
 
@@ -479,10 +479,11 @@ class Emu3VQModel(nn.Cell):
     config: an `Emu3VQConfig` (see its presets).
     dtype: compute dtype of the convolutions and attention matmuls (None = fp32; fp16/bf16
         are for GPU/Ascend; norms, softmax and the quantizer stay fp32).
-    impl: convolution kernel ("im2col", "ops", "mint"; None picks by device).
+    impl: convolution kernel ("im2col", "ops", "mint"; None: `device.policy().conv`).
     jit: compile the stages with `ms.jit` (graph mode, once per input shape).
     frame_batch: frames per call of the 2-D encoder/decoder (they work frame by frame);
-        bounds memory on long videos and large images. None: 1 on CPU, 16 elsewhere.
+        bounds memory on long videos and large images. None: `device.policy().vq_frame_batch`
+        (1 on CPU, 16 elsewhere).
 
     Work the model skips, exactly: an image is `temporal_downsample_factor` equal frames, so
     the 2-D encoder runs once and its output is repeated along time; decoding an image keeps
@@ -504,7 +505,7 @@ class Emu3VQModel(nn.Cell):
         self.post_quant_conv = CausalConv3d(config.embed_dim, config.z_channels, impl=impl, dtype=dt)
         self.t_factor = config.temporal_downsample_factor
         if frame_batch is None:
-            frame_batch = 1 if kernels.default_impl() == "im2col" else 16
+            frame_batch = device.policy().vq_frame_batch
         if frame_batch < 1:
             raise ValueError(f"frame_batch must be at least 1, got {frame_batch}")
         self.frame_batch = frame_batch
