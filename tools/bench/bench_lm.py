@@ -106,6 +106,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     ms.device_context.cpu.op_tuning.threads_num(args.threads)
+    from emu3_decoding.loop import decode_head
     from emu3_lm.config import Emu3LMConfig
     from emu3_lm.model import Emu3ForCausalLM
 
@@ -141,9 +142,13 @@ def main(argv=None) -> int:
     bandwidth = big.numel() * 4 / min(timed(big.sum) for _ in range(6)) / 1e9
     print(f"  large-array read bandwidth: {bandwidth:.1f} GB/s", flush=True)
 
+    # the full-vocabulary head as emu3-decoding multiplies with it
+    head = decode_head(ours, 0, cfg.vocab_size)
+    head_matmul = ms.ops.MatMul(transpose_b=not getattr(head, "transposed", False))
+
     @ms.jit
     def greedy_head(h):  # full-vocabulary logits and argmax in one graph (a pynative argmax costs ~1 ms)
-        return ms.ops.argmax(ours.lm_head(h), -1).astype(ms.int32)
+        return ms.ops.argmax(head_matmul(h, head.weight), -1).astype(ms.int32)
 
     def ours_greedy(h):
         return greedy_head(h)

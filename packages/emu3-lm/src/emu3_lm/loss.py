@@ -40,9 +40,6 @@ class HeadCrossEntropy(nn.Cell):
         self.matmul_t = ops.MatMul(transpose_b=True)  # h W^T
         self.matmul = ops.MatMul()  # g W
         self.matmul_a = ops.MatMul(transpose_a=True)  # g^T h
-        self.one_hot = ops.OneHot()
-        self.on = ms.Tensor(1.0, ms.float32)
-        self.off = ms.Tensor(0.0, ms.float32)
 
     def _chunk_terms(self, h, w, labels):
         """fp32 logits [n, V], the safe label index, the 0/1 weight of each row."""
@@ -58,8 +55,11 @@ class HeadCrossEntropy(nn.Cell):
     def _chunk_grads(self, h, w, labels, dout):
         """d/dh [n, hidden] (h's dtype) and d/dw [vocab, hidden] (fp32) of one chunk's sum."""
         logits, target, weight = self._chunk_terms(h, w, labels)
-        g = ops.softmax(logits, -1) - self.one_hot(target, w.shape[0], self.on, self.off)
-        g = g * (weight * dout).reshape(-1, 1)
+        scale = weight * dout
+        # (softmax - onehot) * scale, the onehot subtracted in place (no second [n, vocab] tensor)
+        g = ops.softmax(logits, -1) * scale.reshape(-1, 1)
+        rows = ops.cumsum(ops.ones_like(target), 0) - 1
+        g = ops.tensor_scatter_add(g, ops.stack((rows, target), 1), -scale)
         return self.matmul(g.astype(w.dtype), w).astype(h.dtype), self.matmul_a(g, h.astype(ms.float32))
 
     # The chunks are unrolled (static bounds); tuples, not lists, carry them through the graph.
