@@ -96,9 +96,9 @@ def main(argv=None) -> int:
     import mindspore as ms
     import torch
     import transformers
-    from emu3_decoding.constraint import FREE, VisualIds, extract_codes, image_table
     from emu3_decoding.loop import generate
     from emu3_decoding.sampling import GREEDY, Sampling
+    from emu3_lm.blocks import FREE, VisualIds, extract_codes, image_table
     from emu3_lm.config import Emu3LMConfig
     from emu3_lm.model import Emu3ForCausalLM
     from emu3_vq.checkpoint import hf_config_dict

@@ -1,7 +1,7 @@
 import mindspore as ms
 import pytest
-from emu3_decoding.constraint import VisualIds
 from emu3_decoding.demo import random_lm_state
+from emu3_lm.blocks import VisualIds
 from emu3_lm.config import Emu3LMConfig
 from emu3_lm.model import Emu3ForCausalLM
 

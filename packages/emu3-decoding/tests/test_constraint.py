@@ -1,18 +1,12 @@
-"""The constraint table against the original helper's rule, offset by offset."""
+"""The constraint tables against the original helper's rule, offset by offset, and the parts of
+the constraint that only decoding needs (stack_tables, last_free). The grammar itself is tested
+in packages/emu3-lm/tests/test_blocks.py."""
 
 import numpy as np
 import pytest
-from emu3_decoding.constraint import (
-    FREE,
-    VisualIds,
-    block_tokens,
-    extract_codes,
-    frame_table,
-    image_table,
-    last_free,
-    stack_tables,
-    video_table,
-)
+from emu3_decoding import constraint
+from emu3_decoding.constraint import last_free, stack_tables
+from emu3_lm.blocks import FREE, VisualIds, image_table, video_table
 
 IDS = VisualIds()
 
@@ -41,49 +35,20 @@ def test_narrow_images_where_the_original_rule_breaks(original_rule, width):
     assert (IDS.eol,) in rules[-2:]
 
 
-def test_video_table_is_frames_then_end():
-    h, w = 3, 4
-    table = video_table(3, h, w, IDS)
-    frame = frame_table(h, w, IDS)
-    assert len(frame) == h * (w + 1) + 1 and frame[-1] == IDS.eof
-    assert np.array_equal(table[: 3 * len(frame)], np.tile(frame, 3))
-    assert list(table[3 * len(frame):]) == [IDS.eoi, IDS.eos]
-    # one frame is exactly the image block
-    assert np.array_equal(video_table(1, h, w, IDS), image_table(h, w, IDS))
-    open_table = video_table(2, h, w, IDS, close=False)
-    assert open_table[-1] == IDS.eof and len(open_table) == 2 * len(frame)
-
-
 def test_stack_and_last_free():
     a, b = image_table(2, 2, IDS), image_table(3, 4, IDS)
     t = stack_tables([a, b], IDS.pad)
     assert t.shape == (2, len(b))
+    assert np.array_equal(t[0, : len(a)], a) and np.array_equal(t[1], b)
     assert np.all(t[0, len(a):] == IDS.pad)
     # the last FREE position is the last code of b's last row, followed by eol, eof, eoi, eos
     assert last_free(t) == len(b) - 5
     assert last_free(t[:, -3:]) == -1
+    # a video: the last code of the last frame, followed by eol, eof, eoi, eos
+    v = video_table(3, 2, 2, IDS)[None]
+    assert last_free(v) == v.shape[1] - 5
 
 
-def test_block_tokens_round_trip_and_errors():
-    rng = np.random.default_rng(0)
-    codes = rng.integers(0, IDS.num_visual, size=(2, 3, 4))
-    toks = block_tokens(codes, IDS)
-    table = video_table(2, 3, 4, IDS, close=False)
-    assert len(toks) == len(table)
-    forced = table != FREE
-    assert np.array_equal(toks[forced], table[forced])
-    assert np.array_equal(extract_codes(toks, 2, 3, 4, IDS), codes)
-    bad = toks.copy()
-    bad[4] = IDS.visual_start  # the first eol replaced by a code
-    with pytest.raises(ValueError, match="position 4"):
-        extract_codes(bad, 2, 3, 4, IDS)
-    bad = toks.copy()
-    bad[0] = IDS.eos
-    with pytest.raises(ValueError, match="non-visual"):
-        extract_codes(bad, 2, 3, 4, IDS)
-    with pytest.raises(ValueError, match="too short"):
-        extract_codes(toks[:-1], 2, 3, 4, IDS)
-    with pytest.raises(ValueError):
-        block_tokens(np.array([[IDS.num_visual]]), IDS)
-    with pytest.raises(ValueError):
-        image_table(0, 3, IDS)
+def test_free_is_the_grammars():
+    # the decode loop imports FREE from .constraint; it must be emu3_lm.blocks' value
+    assert constraint.FREE is FREE == -1

@@ -5,8 +5,9 @@ import itertools
 import numpy as np
 import pytest
 from emu3_decoding import loop
-from emu3_decoding.constraint import FREE, extract_codes, image_table, stack_tables
+from emu3_decoding.constraint import stack_tables
 from emu3_decoding.sampling import Sampling
+from emu3_lm.blocks import FREE, extract_codes, image_table
 from mindspore import ops
 
 

@@ -13,8 +13,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import mindspore as ms
-from emu3_decoding.constraint import VisualIds, image_table
 from emu3_decoding.loop import generate
+from emu3_lm.blocks import VisualIds, image_table
 from emu3_lm.config import Emu3LMConfig
 from emu3_lm.model import Emu3ForCausalLM
 from transformers.generation import (

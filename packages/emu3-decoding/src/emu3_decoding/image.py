@@ -2,7 +2,7 @@
 
 Prompt: bos + text + " masterpiece, film grained, best quality." + boi + "{H}*{W}" + img;
 the negative prompt (the original one by default) laid out the same way; top-k 2048 sampling;
-classifier-free guidance 3.0; the image-block constraint as a table (constraint.py); the codes
+classifier-free guidance 3.0; the image-block constraint as a table (emu3_lm.blocks); the codes
 decoded by the vision tokenizer through the processor.
 """
 
@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from emu3_lm.blocks import VisualIds, extract_codes, image_table
 
-from .constraint import VisualIds, extract_codes, image_table, stack_tables
+from .constraint import stack_tables
 from .loop import Progress, generate
 from .sampling import Sampling
 

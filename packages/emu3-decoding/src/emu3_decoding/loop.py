@@ -216,15 +216,31 @@ def _evict(model, keep) -> None:
                     and any(g.head is h for h in heads)}
 
 
-def _head(model, start: int, stop: int):
-    """What the step graphs multiply with for lm_head rows [start, stop): where the device policy
-    keeps W (accelerators), the model's own lm_head for the whole vocabulary; otherwise a copy
-    (W^T on CPU), refreshed from the model's weights at every call so that it is never stale."""
-    transposed = device.policy().transposed_head
-    if start == 0 and stop == model.config.vocab_size and not transposed:
+def _rows(w, start: int, stop: int, transposed: bool) -> Tensor:
+    """A contiguous copy of W rows [start, stop), as W^T if `transposed`. numpy turns it: 0.75 s
+    for the visual rows at hidden 1024, where MindSpore's eager transpose-and-copy took 2.4-4 s."""
+    if not transposed:
+        return w[start:stop].copy()
+    if w.dtype in (ms.float32, ms.float16):
+        return Tensor(np.ascontiguousarray(w.asnumpy()[start:stop].T))
+    return w[start:stop].T.copy()
+
+
+def decode_head(model, start: int, stop: int):
+    """What a decoder multiplies with for lm_head rows [start, stop): a Cell with `weight` and
+    `transposed` (weight is W^T [hidden, n] when True, else W [n, hidden]).
+
+    The whole vocabulary: the model's own lm_head. A slice: a copy of its rows, held as W^T
+    where the device policy says so (CPU), refreshed from the model's weights at every call so
+    that it is never stale; one copy is kept per model. A slice is copied anyway (slicing inside
+    the step graph would copy it at every step), so turning it costs little (0.75 s against
+    0.65 s untransposed for the 32768 visual rows at hidden 1024); turning the whole head costs 2-9 s a call, more than a
+    short answer gains, so the whole vocabulary is multiplied as the checkpoint holds it.
+    """
+    if start == 0 and stop == model.config.vocab_size:
         return model.lm_head
-    w = model.lm_head.weight
-    rows = w[start:stop].T.copy() if transposed else w[start:stop].copy()
+    transposed = device.policy().transposed_head
+    rows = _rows(model.lm_head.weight, start, stop, transposed)
     heads = _state(model)["heads"]
     head = heads.get((start, stop, transposed))
     if head is None:
@@ -317,7 +333,7 @@ def prefill(model, prompts, negative_prompts=None, *, cfg_scale: float = 1.0, ba
     if mode == "unbatched":
         ids_u, mask_u = _bucket(*left_pad(negative_prompts, pad), pad)
         runner_u = pool.runner(b, _round_up(len(ids_u[0]) + new_tokens, CACHE_ROUND), role="uncond")
-    head = _head(model, start, stop)
+    head = decode_head(model, start, stop)
     _evict(model, keep=[r for r in (runner, runner_u) if r is not None])
     graphs = _graphs(model, runner, runner_u, head, settings)
     h = runner.prefill(Tensor(np.asarray(ids, np.int32)), Tensor(np.asarray(mask, np.int32)))

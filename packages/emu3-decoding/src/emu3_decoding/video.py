@@ -10,7 +10,7 @@ the layout is ours, chosen to extend the image block (docs/video_layout.md):
 An image is the one-frame case (H rows, eof, eoi), so an image model's layout is unchanged.
 To continue a video the prompt holds the given latent frames (the block left open: no eoi);
 the model then emits n_frames/4 latent frames, each constrained by the same table as an image
-row by row (constraint.video_table), then eoi and eos. All codes, given and new, are decoded
+row by row (emu3_lm.blocks.video_table), then eoi and eos. All codes, given and new, are decoded
 together by the vision tokenizer (its temporal convolutions are causal, so the new frames are
 decoded in the context of the old ones) and the new frames are returned.
 """
@@ -20,9 +20,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from emu3_lm.blocks import VisualIds, block_tokens, extract_codes, prefix_ids, video_table
 from PIL import Image
 
-from .constraint import VisualIds, block_tokens, extract_codes, video_table
 from .image import sampled_range
 from .loop import Progress, generate
 from .sampling import Sampling
@@ -38,7 +38,7 @@ def video_prompt_ids(processor, codes: np.ndarray, text: str = "") -> list[int]:
     """bos + text + boi + "{H}*{W}" + img + the latent frames of `codes` [t, H, W], block left open."""
     tok = processor.tokenizer
     _, h, w = codes.shape
-    return ([tok.bos_id] + tok.encode(text) + processor.image_prefix_ids(h, w)
+    return ([tok.bos_id] + tok.encode(text) + prefix_ids(h, w, tok)
             + block_tokens(codes, VisualIds.from_tokenizer(tok)).tolist())
 
 
@@ -74,10 +74,8 @@ def continue_video(model, processor, frames, n_frames: int, prompt: str = "", *,
                       table=table, vocab_range=vocab_range, sampling=Sampling(temperature, top_k, top_p),
                       seed=seed, progress=progress, eos_id=ids.eos, pad_id=ids.pad, eol_id=ids.eol)[0]
     new_codes = extract_codes(tokens, new, h, w, ids)
-    all_codes = np.concatenate([codes, new_codes]).astype(np.int32)
-    video = vq.decode(all_codes[None])  # [1, 4 * (t + new), 3, H, W]
-    video = video.asnumpy() if hasattr(video, "asnumpy") else np.asarray(video)
-    new_frames = processor.image_processor.postprocess(video[0, t * factor:])
+    all_codes = np.concatenate([codes, new_codes])
+    new_frames = processor.decode_video_codes(all_codes)[t * factor:]  # 4 frames per latent frame
     # the tokenizer works at its own resolution (smart_resize); give frames the size of the input
     first = frames[0]
     size = first.size if isinstance(first, Image.Image) else (np.shape(first)[1], np.shape(first)[0])

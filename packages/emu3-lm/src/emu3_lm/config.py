@@ -3,6 +3,7 @@
 Field names follow the original BAAI/Emu3-Gen config.json (`emu3/mllm/configuration_emu3.py`);
 `from_dict` also reads the `-hf` layout, where the LM sits under `text_config` and transformers
 5.x keeps RoPE settings in `rope_parameters` ({"rope_theta", "rope_type", "factor"}).
+Token-id defaults are the released tokenizer's, by the numbering rule of `emu3_lm.blocks`.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import json
 import os
 from dataclasses import dataclass
 
+from .blocks import RELEASED, emu3_token_ids
+
 ROPE_SCALING_TYPES = ("linear", "dynamic")
 ATTN_IMPLEMENTATIONS = ("matmul", "flash")
 
 
 @dataclass
 class Emu3LMConfig:
-    vocab_size: int = 184622  # text BPE + special tokens + 32768 visual tokens
+    vocab_size: int = RELEASED["vocab_size"]  # text BPE + special tokens + 32768 visual tokens
     hidden_size: int = 4096  # width of the residual stream
     intermediate_size: int = 14336  # width of the SwiGLU MLP
     num_hidden_layers: int = 32  # decoder layers
@@ -32,18 +35,18 @@ class Emu3LMConfig:
     hidden_act: str = "silu"  # MLP activation; Emu3 uses SiLU (SwiGLU), the only one supported
     initializer_range: float = 0.02  # std of the normal init of fresh (untrained) weights
     tie_word_embeddings: bool = False  # Emu3 keeps lm_head apart from the embedding; tying is not supported
-    pad_token_id: int = 151643  # <|endoftext|>
-    bos_token_id: int = 151849  # <|extra_203|>
-    eos_token_id: int = 151850  # <|extra_204|>
-    img_token_id: int = 151851  # <|image token|>, precedes the rows of visual tokens
-    boi_token_id: int = 151852  # <|image start|>
-    eoi_token_id: int = 151853  # <|image end|>
-    eol_token_id: int = 151846  # <|extra_200|>, ends each row of visual tokens
-    eof_token_id: int = 151847  # <|extra_201|>, ends an image (frame)
+    pad_token_id: int = RELEASED["pad_token_id"]  # <|endoftext|>
+    bos_token_id: int = RELEASED["bos_token_id"]  # <|extra_203|>
+    eos_token_id: int = RELEASED["eos_token_id"]  # <|extra_204|>
+    img_token_id: int = RELEASED["img_token_id"]  # <|image token|>, precedes the rows of visual tokens
+    boi_token_id: int = RELEASED["boi_token_id"]  # <|image start|>
+    eoi_token_id: int = RELEASED["eoi_token_id"]  # <|image end|>
+    eol_token_id: int = RELEASED["eol_token_id"]  # <|extra_200|>, ends each row of visual tokens
+    eof_token_id: int = RELEASED["eof_token_id"]  # <|extra_201|>, ends an image (frame)
     image_area: int = 720 * 720  # pixel area of generated images (the training resolution)
     # Not in the original config.json (the tokenizer defines them): where the visual tokens sit.
-    first_visual_token_id: int = 151854  # id of <|visual token 000000|>; visual code k is this + k
-    num_visual_tokens: int = 32768  # VQ codebook size
+    first_visual_token_id: int = RELEASED["first_visual_token_id"]  # <|visual token 000000|>; code k is this + k
+    num_visual_tokens: int = RELEASED["num_visual_tokens"]  # VQ codebook size
     # Ours: attention kernel; None picks by device (emu3_lm.attention.default_implementation()).
     attn_implementation: str | None = None
 
@@ -125,9 +128,10 @@ class Emu3LMConfig:
             if token in vocabulary_map and field not in kwargs:
                 kwargs[field] = int(vocabulary_map[token])
         if "first_visual_token_id" not in kwargs:
-            # config.json does not say; Emu3's numbering puts them 211 ids after <|endoftext|>
+            # config.json does not say; Emu3's numbering rule (emu3_lm.blocks) counts from <|endoftext|>
             pad = kwargs.get("pad_token_id", cls.pad_token_id)
-            kwargs["first_visual_token_id"] = min(pad + 211, kwargs.get("vocab_size", cls.vocab_size))
+            first = emu3_token_ids(pad, 0)["first_visual_token_id"]
+            kwargs["first_visual_token_id"] = min(first, kwargs.get("vocab_size", cls.vocab_size))
         if "num_visual_tokens" not in kwargs:
             vocab = kwargs.get("vocab_size", cls.vocab_size)
             kwargs["num_visual_tokens"] = vocab - kwargs["first_visual_token_id"]
@@ -188,19 +192,6 @@ _VOCAB_TOKENS = {
     "<|extra_201|>": "eof_token_id",
     "<|visual token 000000|>": "first_visual_token_id",
 }
-
-def emu3_token_ids(text_vocab_size: int, num_visual_tokens: int) -> dict:
-    """Special/visual token ids by Emu3's numbering rule: they follow the ordinary vocabulary.
-
-    <|endoftext|> n, <|im_start|> n+1, <|im_end|> n+2, <|extra_k|> n+3+k (k < 205), then
-    <|image token|>, <|image start|>, <|image end|> and the visual tokens. n = 151643 gives the
-    released ids (eol 151846, bos 151849, first visual 151854, vocab 184622).
-    """
-    n = text_vocab_size
-    return dict(pad_token_id=n, eol_token_id=n + 203, eof_token_id=n + 204, bos_token_id=n + 206,
-                eos_token_id=n + 207, img_token_id=n + 208, boi_token_id=n + 209, eoi_token_id=n + 210,
-                first_visual_token_id=n + 211, num_visual_tokens=num_visual_tokens,
-                vocab_size=n + 211 + num_visual_tokens)
 
 
 PRESETS: dict[str, dict] = {

@@ -4,7 +4,8 @@ Layouts, as BAAI's ``emu3/mllm/processing_emu3.py`` builds them (a prompt string
 in one go; the special tokens split it, so the ids equal the concatenation built here):
 
 * image block: ``boi`` + "{H}*{W}" + ``img`` + H rows of [W visual tokens, ``eol``] + ``eof`` + ``eoi``
-  (H, W in tokens; the size text is ordinary BPE).
+  (H, W in tokens; the size text is ordinary BPE). A video block has, per latent frame, the H
+  rows and ``eof``, then ``eoi`` once. The grammar is written once, in :mod:`emu3_lm.blocks`.
 * mode "U" (understanding): ``bos`` + "You are a helpful assistant. USER: " + image block
   + question + ". ASSISTANT:".
 * mode "G" (generation): ``bos`` + prompt + ``boi`` + "{H}*{W}" + ``img``; the model then emits
@@ -31,13 +32,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from . import blocks
 from .tokenizer import Emu3Tokenizer
 
 SYSTEM_PROMPT = "You are a helpful assistant. USER: "
 ASSISTANT_SUFFIX = ". ASSISTANT:"
 DEFAULT_IMAGE_AREA = 518400  # 720 x 720, Emu3-Gen's config.image_area
 _RATIO_RE = re.compile(r"\s*(\d+)\s*:\s*(\d+)\s*")
-_SIZE_RE = re.compile(r"(\d+)\*(\d+)")
 
 
 def parse_ratio(ratio: str) -> tuple[int, int]:
@@ -158,27 +159,18 @@ class Emu3Processor:
 
     def image_prefix_ids(self, height: int, width: int) -> list[int]:
         """boi + "{H}*{W}" + img: what precedes the visual tokens of an image block."""
-        tok = self.tokenizer
-        return [tok.boi_id] + tok.encode(f"{height}*{width}") + [tok.img_id]
+        return blocks.prefix_ids(height, width, self.tokenizer)
 
     def image_block_ids(self, codes) -> np.ndarray:
         """VQ codes [H, W] -> the full image block, int32: boi "{H}*{W}" img, H rows of
-        [W visual tokens, eol], eof, eoi."""
-        codes = _to_numpy(codes)
-        if codes.ndim != 2 or 0 in codes.shape:
-            raise ValueError(f"image codes must be a non-empty [H, W] array, got shape {codes.shape}")
-        tok = self.tokenizer
-        h, w = codes.shape
-        rows = np.empty((h, w + 1), dtype=np.int64)
-        rows[:, :w] = tok.visual_token_id(codes.astype(np.int64))
-        rows[:, w] = tok.eol_id
-        block = np.concatenate([self.image_prefix_ids(h, w), rows.ravel(), [tok.eof_id, tok.eoi_id]])
-        return block.astype(np.int32)
+        [W visual tokens, eol], eof, eoi. Codes [T, H, W] give a video block (per latent
+        frame the rows and eof, then eoi)."""
+        return blocks.block_ids(_to_numpy(codes), self.tokenizer)
 
     @staticmethod
     def num_generated_image_tokens(height: int, width: int) -> int:
         """Tokens a mode-G prompt is followed by: H rows of W+1, then eof, eoi, eos."""
-        return height * (width + 1) + 3
+        return blocks.num_generated_tokens(height, width)
 
     def generation_prompt_ids(self, text: str, height: int, width: int) -> list[int]:
         """Mode G: bos + prompt + boi + "{H}*{W}" + img."""
@@ -187,6 +179,9 @@ class Emu3Processor:
     def understanding_prompt_ids(self, text: str, codes) -> list[int]:
         """Mode U: bos + "You are a helpful assistant. USER: " + image block + text + ". ASSISTANT:"."""
         tok = self.tokenizer
+        codes = _to_numpy(codes)
+        if codes.ndim != 2:
+            raise ValueError(f"image codes must be [H, W], got shape {codes.shape}")
         return ([tok.bos_id] + self._system_ids + self.image_block_ids(codes).tolist()
                 + tok.encode(text + ASSISTANT_SUFFIX))
 
@@ -224,6 +219,16 @@ class Emu3Processor:
             raise ValueError(f"image codes must be [h, w], got shape {codes.shape}")
         pixels = self.vq_model.decode(codes[None].astype(np.int32))
         return self.image_processor.postprocess(pixels)[0]
+
+    def decode_video_codes(self, codes) -> list[Image.Image]:
+        """VQ codes [t, h, w] (latent frames) -> the PIL frames of the video, `temporal_downsample_factor`
+        (4) per latent frame, all decoded together (vq_model.decode of [1, t, h, w])."""
+        self._require_vq("decoding a video block")
+        codes = _to_numpy(codes)
+        if codes.ndim != 3:
+            raise ValueError(f"video codes must be [t, h, w], got shape {codes.shape}")
+        pixels = _to_numpy(self.vq_model.decode(codes[None].astype(np.int32)))  # [1, 4t, 3, H, W]
+        return self.image_processor.postprocess(pixels[0])
 
     # ---- batches -------------------------------------------------------------------------------
     def __call__(self, text, images=None, *, mode: str = "G", ratio="1:1", image_area: int | None = None,
@@ -283,8 +288,9 @@ class Emu3Processor:
 
     # ---- ids -> text and images ------------------------------------------------------------------
     def split_blocks(self, ids) -> list[tuple[str, object]]:
-        """Split one id sequence into ("text", ids list) and ("image", codes [H, W]) parts.
-        An image block runs from boi to eoi; a malformed block raises ValueError."""
+        """Split one id sequence into ("text", ids list), ("image", codes [H, W]) and
+        ("video", codes [T, H, W]) parts. A block runs from boi to eoi; one with a single frame
+        is an image, one with several a video; a malformed block raises ValueError."""
         ids = _to_numpy(ids)
         if ids.ndim != 1:
             raise ValueError(f"expected one id sequence (1-D), got shape {ids.shape}")
@@ -306,54 +312,30 @@ class Emu3Processor:
             except ValueError:
                 raise ValueError(f"image block starting at position {start} has no end token "
                                  f"{tok.eoi_token!r}") from None
-            parts.append(("image", self.parse_image_block(ids[start:end + 1], position=start)))
+            codes = self.parse_image_block(ids[start:end + 1], position=start)
+            parts.append(("image" if codes.ndim == 2 else "video", codes))
             pos = end + 1
         return parts
 
     def parse_image_block(self, block: Sequence[int], position: int = 0) -> np.ndarray:
-        """boi "{H}*{W}" img rows... eof eoi -> VQ codes [H, W], checking every row."""
-        tok = self.tokenizer
-        where = f"image block at position {position}"
-        block = list(block)
-        if len(block) < 2 or block[0] != tok.boi_id or block[-1] != tok.eoi_id:
-            raise ValueError(f"{where} must start with {tok.boi_token!r} and end with {tok.eoi_token!r}")
-        if tok.img_id not in block:
-            raise ValueError(f"{where} has no {tok.img_token!r} token")
-        img = block.index(tok.img_id)
-        size_text = tok.decode(block[1:img])
-        m = _SIZE_RE.fullmatch(size_text.strip())
-        expected = (int(m.group(1)), int(m.group(2))) if m else None
-        if block[-2] != tok.eof_id:
-            raise ValueError(f"{where} does not end with {tok.eof_token!r} {tok.eoi_token!r}")
-        body = block[img + 1:-2]
-        if not body or body[-1] != tok.eol_id:
-            raise ValueError(f"{where}: the last row is not closed by {tok.eol_token!r}")
-        rows, row = [], []
-        for t in body:
-            if t == tok.eol_id:
-                rows.append(row)
-                row = []
-            elif tok.is_visual(t):
-                row.append(t)
-            else:
-                raise ValueError(f"{where}: token {t} ({tok.id_to_token(t)!r}) inside the rows is not a visual token")
-        width = expected[1] if expected else len(rows[0])
-        for r, row in enumerate(rows):
-            if len(row) != width:
-                raise ValueError(f"{where}: row {r} has {len(row)} visual tokens, expected {width}")
-        if expected and len(rows) != expected[0]:
-            raise ValueError(f"{where}: {len(rows)} rows, but its size text says {size_text!r}")
-        if width == 0:
-            raise ValueError(f"{where} has empty rows")
-        return tok.visual_code(np.array(rows, dtype=np.int64))
+        """boi "{H}*{W}" img, per frame H rows of [W visual, eol] and eof, then eoi -> VQ codes:
+        [H, W] for a one-frame block (an image), [T, H, W] for a block of T > 1 frames (a video,
+        as ``emu3_decoding.continue_video`` lays it out). Every row and the size text are
+        checked (``emu3_lm.blocks.parse_block``); `position` is where the block starts in the
+        sequence, for the error messages."""
+        codes = blocks.parse_block(block, self.tokenizer, position=position)
+        return codes[0] if len(codes) == 1 else codes
 
     def decode(self, ids, skip_special_tokens: bool = False) -> list:
-        """One id sequence -> list of str (text parts) and PIL images (image blocks, decoded
-        through the VQ model). `skip_special_tokens` drops special tokens from the text parts."""
+        """One id sequence -> list of str (text parts), PIL images (image blocks) and lists of
+        PIL frames (video blocks), blocks decoded through the VQ model. `skip_special_tokens`
+        drops special tokens from the text parts."""
         out = []
         for kind, value in self.split_blocks(ids):
             if kind == "image":
                 out.append(self.decode_codes(value))
+            elif kind == "video":
+                out.append(self.decode_video_codes(value))
             else:
                 text = self.tokenizer.decode(value, skip_special_tokens=skip_special_tokens)
                 if text:
