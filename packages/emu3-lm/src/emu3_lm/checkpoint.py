@@ -143,23 +143,33 @@ def save_pretrained(model, directory: str | os.PathLike, layout: str = "original
     The 'hf' layout holds the LM part of an -hf checkpoint (text_config, text_model.* keys);
     the vision tokenizer is saved by emu3-vq. Returns the files written.
     """
+    return save_arrays(model.config, model.checkpoint_arrays(), directory, layout=layout,
+                       max_shard_bytes=max_shard_bytes, dtype=_ms_dtype(dtype) or model.dtype)
+
+
+def save_arrays(config: Emu3LMConfig, arrays, directory: str | os.PathLike, layout: str = "original",
+                max_shard_bytes: int | None = None, dtype=ms.float32) -> list[Path]:
+    """`save_pretrained` from (parameter name, array) pairs instead of a model: what a trainer
+    writes from weights gathered across processes. dtype: the file dtype, as for save_pretrained."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    file_dtype = _ms_dtype(dtype) or model.dtype
+    file_dtype = _ms_dtype(dtype)
     if file_dtype not in _FILE_DTYPES:
         raise ValueError(f"cannot save dtype {file_dtype}")
     directory = Path(directory)
-    tensors = {from_param_name(name, layout): arr for name, arr in model.checkpoint_arrays()}
+    if hasattr(arrays, "items"):
+        arrays = arrays.items()
+    tensors = {from_param_name(name, layout): arr for name, arr in arrays}
     files = write_checkpoint(directory, tensors, max_shard_bytes=max_shard_bytes,
                              dtype=_FILE_DTYPES[file_dtype])
     torch_dtype = {ms.float32: "float32", ms.float16: "float16", ms.bfloat16: "bfloat16"}[file_dtype]
     if layout == "original":
-        config = {**model.config.to_dict("original"), "torch_dtype": torch_dtype}
+        config_dict = {**config.to_dict("original"), "torch_dtype": torch_dtype}
     else:
-        config = {"architectures": ["Emu3ForConditionalGeneration"], "model_type": "emu3",
-                  "dtype": torch_dtype, "text_config": model.config.to_dict("hf"),
-                  "tie_word_embeddings": False}
-    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+        config_dict = {"architectures": ["Emu3ForConditionalGeneration"], "model_type": "emu3",
+                       "dtype": torch_dtype, "text_config": config.to_dict("hf"),
+                       "tie_word_embeddings": False}
+    text = json.dumps(config_dict, indent=2, sort_keys=True) + "\n"
     tmp = directory / ".config.json.tmp"
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, directory / "config.json")
