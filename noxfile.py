@@ -156,7 +156,7 @@ def bench(session: nox.Session) -> None:
     _install_all(session, *TEST_DEPS)
     out = ROOT / "bench-results"
     out.mkdir(exist_ok=True)
-    which = session.posargs or ["vq", "lm", "decoding"]
+    which = session.posargs or ["vq", "lm", "decoding", "train"]
     for name in which:
         session.run("python", str(ROOT / "tools" / "bench" / f"bench_{name}.py"),
                     "--out", str(out / f"{name}.json"), env=_env(session))

@@ -34,7 +34,9 @@ def table(rows: list[dict]) -> str:
     lines = []
     if meta:
         lines.append("Run: " + ", ".join(f"{k} {v}" for k, v in meta.items()) + "\n")
-    lines.append("| case | ours | transformers (torch CPU) | unit | ratio (>1: ours faster) |")
+    peer = rows[0].get("peer_label", "transformers (torch CPU)") if rows else ""
+    better = "ours faster" if peer.startswith("transformers") else "ours better"
+    lines.append(f"| case | ours | {peer} | unit | ratio (>1: {better}) |")
     lines.append("|---|---|---|---|---|")
     for r in rows:
         ours, peer = pick(r, "ours", "ours_s"), pick(r, "peer", "peer_s")

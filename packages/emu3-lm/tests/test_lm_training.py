@@ -68,6 +68,9 @@ def batch():
         ids[r, 1:length] = rng.integers(0, c.vocab_size, length - 1)
         mask[r, :length] = 1
         labels[r, prompt:length] = ids[r, prompt:length]
+    # the pad id as a real input (attended, and once supervised): its embedding row gets no gradient
+    ids[0, 3] = ids[1, 8] = c.pad_token_id
+    labels[1, 8] = c.pad_token_id
     return ids, mask, labels
 
 

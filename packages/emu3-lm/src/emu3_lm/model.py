@@ -56,19 +56,39 @@ class Emu3Linear(nn.Cell):
         return y.reshape(shape[:-1] + (self.out_features,))
 
 
-class Emu3Embedding(nn.Cell):
-    """Token embedding table [vocab, hidden] named `weight` (the checkpoint's name)."""
+def embed(weight, ids, pad_id=None):
+    """Rows `ids` of the table `weight`. The row of `pad_id` gets no gradient, as in the references
+    (`nn.Embedding(vocab, hidden, padding_idx=pad)`): where a pad token is an input, its value is
+    the row's, its gradient zero."""
+    out = ops.gather(weight, ids, 0)
+    if pad_id is None:
+        return out
+    return ops.where((ids == pad_id).expand_dims(-1), ops.stop_gradient(out), out)
 
-    def __init__(self, vocab_size: int, hidden_size: int, dtype, std: float):
+
+def rms_norm(x, weight, eps: float):
+    """x / rms(x) computed in fp32, cast back to the input dtype, then scaled by `weight`."""
+    dtype = x.dtype
+    x = x.astype(ms.float32)
+    variance = ops.mean(x * x, -1, keep_dims=True)
+    x = x * ops.rsqrt(variance + eps)
+    return weight * x.astype(dtype)
+
+
+class Emu3Embedding(nn.Cell):
+    """Token embedding table [vocab, hidden] named `weight` (the checkpoint's name); see `embed`."""
+
+    def __init__(self, vocab_size: int, hidden_size: int, dtype, std: float, pad_id: int | None = None):
         super().__init__()
+        self.pad_id = pad_id
         self.weight = _weight((vocab_size, hidden_size), dtype, std)
 
     def construct(self, ids):
-        return ops.gather(self.weight, ids, 0)
+        return embed(self.weight, ids, self.pad_id)
 
 
 class Emu3RMSNorm(nn.Cell):
-    """x / rms(x) computed in fp32, cast back to the input dtype, then scaled by `weight`."""
+    """RMSNorm with its `weight` (see `rms_norm`)."""
 
     def __init__(self, hidden_size: int, eps: float, dtype):
         super().__init__()
@@ -76,11 +96,7 @@ class Emu3RMSNorm(nn.Cell):
         self.weight = _weight((hidden_size,), dtype, None)
 
     def construct(self, x):
-        dtype = x.dtype
-        x = x.astype(ms.float32)
-        variance = ops.mean(x * x, -1, keep_dims=True)
-        x = x * ops.rsqrt(variance + self.eps)
-        return self.weight * x.astype(dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 class Emu3RotaryEmbedding(nn.Cell):
@@ -211,7 +227,8 @@ class Emu3Model(nn.Cell):
         super().__init__()
         self.dropout = config.attention_dropout
         self.num_layers = config.num_hidden_layers
-        self.embed_tokens = Emu3Embedding(config.vocab_size, config.hidden_size, dtype, std)
+        self.embed_tokens = Emu3Embedding(config.vocab_size, config.hidden_size, dtype, std,
+                                          pad_id=config.pad_token_id)
         self.layers = nn.CellList(
             [Emu3DecoderLayer(config, dtype, std) for _ in range(config.num_hidden_layers)])
         self.norm = Emu3RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)

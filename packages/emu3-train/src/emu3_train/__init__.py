@@ -1,8 +1,14 @@
-"""emu3-train: fine-tuning Emu3 on MindSpore. So far the optimiser side, proven equal to torch:
-AdamW, its parameter groups, the cosine-with-min-lr schedule and global-norm clipping.
+"""emu3-train: fine-tuning Emu3 on MindSpore, with numbers equal to transformers + torch.
 
-    from emu3_train import AdamW, param_groups, cosine_with_min_lr, clip_by_global_norm
-    optimizer = AdamW(param_groups(model, weight_decay=0.1))        # betas (0.9, 0.95), eps 1e-6
+    from emu3_train import prepare_t2i, SftConfig, train
+    prepare_t2i("captions.jsonl", "VQ_DIR", "prepared")
+    train(SftConfig(data="prepared/list/train.json", model="LM_DIR", task="t2i", out="run",
+                    steps=1000, batch_size=8, max_length=4200))
+
+Modules: `prepare` and `dataset` (data on disk), `sequences` (layouts and labels), `trainer`
+(the loop, `emu3 train sft`), `engine` (the train step in every parallel mode), `parallel`,
+`collectives`, `sequence_parallel`, `zero` (the distributed pieces), `optim` (AdamW, schedule,
+clipping), `checkpoints`, `launch` (msrun), `commands` (the `emu3 train` CLI).
 """
 
 __version__ = "0.1.0"
@@ -13,6 +19,13 @@ _EXPORTS = {
     "clip_by_global_norm": "emu3_train.optim",
     "cosine_with_min_lr": "emu3_train.optim",
     "param_groups": "emu3_train.optim",
+    "prepare_t2i": "emu3_train.prepare",
+    "prepare_vqa": "emu3_train.prepare",
+    "SftDataset": "emu3_train.sequences",
+    "SftConfig": "emu3_train.trainer",
+    "train": "emu3_train.trainer",
+    "EngineConfig": "emu3_train.engine",
+    "TrainEngine": "emu3_train.engine",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

@@ -1,0 +1,184 @@
+"""`emu3 train ...`: preparing fine-tuning data, and fine-tuning.
+
+  emu3 train prepare-t2i --captions FILE.jsonl --vq VQ_DIR --out DIR
+  emu3 train prepare-vqa --conversations FILE.json --image-root DIR --vq VQ_DIR --out DIR
+  emu3 train sft --data DIR/list/train.json --model LM_DIR --task t2i|vqa --out OUT
+                 --steps N --batch-size B --max-length L [--nproc N] ...
+
+The prepare commands write DIR/feature/<name>.ckpt (one sample each: VQ codes and text) and,
+last, DIR/list/train.json, the file training reads: the format of BAAI's and mindone's
+scripts. `sft` writes OUT/metrics.jsonl, OUT/checkpoint-STEP/ and OUT/final/.
+MindSpore is imported only when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from emu3_vq.cli import UserError
+
+from .prepare import T2I_IMAGE_AREA, VQA_IMAGE_AREA
+
+
+def register(subparsers) -> None:
+    """Add the `train` command group to the `emu3` parser."""
+    train = subparsers.add_parser("train", help="fine-tuning: prepare data, supervised fine-tuning",
+                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = train.add_subparsers(dest="train_command", metavar="COMMAND")
+    sub.required = True
+
+    t2i = sub.add_parser("prepare-t2i", help="images + captions (JSONL) -> text-to-image training data")
+    t2i.add_argument("--captions", required=True, metavar="FILE.jsonl",
+                     help='one {"image": path relative to this file, "text": caption} per line')
+    _prepare_options(t2i, T2I_IMAGE_AREA)
+    t2i.set_defaults(func=run_prepare_t2i)
+
+    vqa = sub.add_parser("prepare-vqa", help="images + LLaVA-style conversations (JSON) -> VQA training data")
+    vqa.add_argument("--conversations", required=True, metavar="FILE.json",
+                     help='a JSON list of {"id", "image", "conversations": [{"from": "human", "value"}, '
+                          '{"from": "gpt", "value"}]}')
+    vqa.add_argument("--image-root", required=True, metavar="DIR", help="the directory the records' images are under")
+    _prepare_options(vqa, VQA_IMAGE_AREA)
+    vqa.set_defaults(func=run_prepare_vqa)
+
+    _add_sft(sub)
+
+
+def _prepare_options(p, default_area: int) -> None:
+    p.add_argument("--vq", required=True, metavar="VQ_DIR", help="vision tokenizer checkpoint directory")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output directory: DIR/feature/*.ckpt and DIR/list/train.json")
+    p.add_argument("--image-area", type=int, default=default_area, metavar="N",
+                   help=f"scale images to about N pixels before tokenising (default: {default_area}, "
+                        "the reference scripts')")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip records with a missing or unreadable image or an empty text (reported and "
+                        "counted) instead of stopping")
+    p.add_argument("--jit", choices=("auto", "on", "off"), default="auto",
+                   help="compile the vision tokenizer (each new image size costs a compilation); "
+                        "auto: as `emu3 vq` (default: auto)")
+
+
+def _jit(value: str) -> bool | None:
+    return {"auto": None, "on": True, "off": False}[value]
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
+def _report(result) -> None:
+    for line in result.problems:
+        print(f"emu3: skipped: {line}", file=sys.stderr)
+    skipped = f", {_count(result.skipped, 'bad record')} skipped" if result.skipped else ""
+    print(f"wrote {_count(result.written, 'sample')} to {result.feature_dir}{skipped}")
+    print(result.list_path)
+
+
+def run_prepare_t2i(args) -> None:
+    from .prepare import prepare_t2i
+
+    _report(prepare_t2i(args.captions, args.vq, args.out, image_area=args.image_area, skip_bad=args.skip_bad,
+                        jit=_jit(args.jit)))
+
+
+def run_prepare_vqa(args) -> None:
+    from .prepare import prepare_vqa
+
+    _report(prepare_vqa(args.conversations, args.image_root, args.vq, args.out, image_area=args.image_area,
+                        skip_bad=args.skip_bad, jit=_jit(args.jit)))
+
+
+def _add_sft(sub) -> None:
+    p = sub.add_parser(
+        "sft", help="supervised fine-tuning (text-to-image or VQA) on prepared data",
+        description="Fine-tune an Emu3 LM on data made by prepare-t2i / prepare-vqa (or the reference's "
+                    "scripts). Writes OUT/metrics.jsonl, OUT/checkpoint-STEP/ every --save-every steps and "
+                    "OUT/final/ (loads with Emu3ForCausalLM.from_pretrained and emu3 generate --model). "
+                    "Several processes: --nproc N launches N with msrun, or run the same command under "
+                    "msrun yourself on a cluster.")
+    from .trainer import SftConfig as d  # its defaults; the module imports no MindSpore
+
+    p.add_argument("--data", required=True, metavar="FILE", help="DIR/list/train.json of a prepared data set")
+    p.add_argument("--model", required=True, metavar="DIR", help="LM checkpoint directory to start from")
+    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: --model)")
+    p.add_argument("--task", required=True, choices=("t2i", "vqa"))
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--steps", required=True, type=int, help="optimiser steps")
+    p.add_argument("--batch-size", required=True, type=int,
+                   help="global batch per optimiser step (split over data-parallel processes and --accumulate)")
+    p.add_argument("--max-length", required=True, type=int, metavar="L",
+                   help="sequence length; every sample is padded to it, a longer one is an error")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
+    p.add_argument("--min-lr", type=float, default=d.min_lr, help=f"final learning rate (default {d.min_lr})")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
+                   help=f"linear warmup steps (default {d.warmup_steps})")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help=f"AdamW decay, not on norm weights and biases (default {d.weight_decay})")
+    p.add_argument("--clip-grad-norm", type=float, default=d.clip_grad_norm,
+                   help=f"clip the global gradient norm to this; 0: off (default {d.clip_grad_norm})")
+    p.add_argument("--accumulate", type=int, default=d.accumulate, metavar="K",
+                   help="micro-steps per optimiser step (default 1)")
+    p.add_argument("--null-prompt-prob", type=float, default=d.null_prompt_prob,
+                   help=f"t2i: probability of an empty caption (default {d.null_prompt_prob})")
+    p.add_argument("--recompute", action="store_true", help="recompute each layer in the backward")
+    p.add_argument("--freeze-layers", type=int, default=0, metavar="N", help="do not train the first N layers")
+    p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default=d.dtype,
+                   help="parameter dtype; fp16 uses dynamic loss scaling; bf16 needs an accelerator")
+    p.add_argument("--dropout", type=float, default=None,
+                   help="attention/residual dropout (default: the checkpoint's attention_dropout)")
+    p.add_argument("--seed", type=int, default=d.seed, help="sample order, null prompts, dropout (default 0)")
+    p.add_argument("--sequence-parallel", type=int, default=1, metavar="P",
+                   help="split each sequence over P processes (Ulysses)")
+    p.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), default=0,
+                   help="shard optimiser state (1), + gradients (2), + parameters (3) over data-parallel "
+                        "processes")
+    p.add_argument("--save-every", type=int, default=0, metavar="N", help="checkpoint every N steps")
+    p.add_argument("--resume", action="store_true", help="continue from the latest OUT/checkpoint-STEP")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="launch N processes on this machine with msrun (default 1)")
+    p.set_defaults(func=_run_sft)
+
+
+def _run_sft(args) -> None:
+    from . import launch, parallel, trainer
+
+    config = trainer.SftConfig(
+        data=args.data, model=args.model, tokenizer=args.tokenizer, task=args.task, out=args.out,
+        steps=args.steps, batch_size=args.batch_size, max_length=args.max_length, lr=args.lr,
+        min_lr=args.min_lr, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
+        clip_grad_norm=args.clip_grad_norm, accumulate=args.accumulate,
+        null_prompt_prob=args.null_prompt_prob, recompute=args.recompute, freeze_layers=args.freeze_layers,
+        dtype=args.dtype, dropout=args.dropout, seed=args.seed, sequence_parallel=args.sequence_parallel,
+        zero_stage=args.zero_stage, save_every=args.save_every, resume=args.resume)
+    config.validate()  # before any process starts
+    if args.nproc < 1:
+        raise UserError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc > 1 and not parallel.launched_by_msrun():
+        rc = launch.launch(args.nproc, ["-m", "emu3_vq.cli", *_sft_argv(config)],
+                           log_dir=str(Path(config.out) / "msrun_log"))
+        if rc != 0:
+            raise UserError(f"the {args.nproc} training processes failed (msrun exit status {rc}); "
+                            f"their logs are in {Path(config.out) / 'msrun_log'}")
+        return
+    summary = trainer.train(config)
+    last = summary["last"]
+    if last is not None:
+        print(f"emu3: trained {summary['steps']} steps (last loss {last['loss']:.4f}); weights in {summary['final']}",
+              file=sys.stderr)
+
+
+def _sft_argv(config) -> list[str]:
+    """`train sft` arguments that give `config` again: what each msrun worker runs."""
+    argv = ["train", "sft"]
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            argv += [flag] if value else []
+        elif value is not None:
+            argv += [flag, repr(value) if isinstance(value, float) else str(value)]
+    return argv
