@@ -14,15 +14,20 @@ from emu3_vq.device import DevicePolicy, policy
 SRC = pathlib.Path(device.__file__).parent
 
 
-@pytest.mark.parametrize("target,dtype,conv,attention,transposed_head,frame_batch,jit_small", [
-    ("CPU", ms.float32, "im2col", "matmul", True, 1, False),
-    ("GPU", ms.float16, "ops", "matmul", False, 16, True),
-    ("Ascend", ms.bfloat16, "mint", "flash", False, 16, True),
+ALL_COLLECTIVES = frozenset({"all_reduce", "all_gather", "reduce_scatter", "all_to_all", "sub_groups"})
+
+
+@pytest.mark.parametrize("target,dtype,conv,attention,transposed_head,frame_batch,jit_small,collectives", [
+    ("CPU", ms.float32, "im2col", "matmul", True, 1, False, {"all_reduce", "all_gather"}),
+    ("GPU", ms.float16, "ops", "matmul", False, 16, True, ALL_COLLECTIVES),
+    ("Ascend", ms.bfloat16, "mint", "flash", False, 16, True, ALL_COLLECTIVES),
 ])
-def test_policy_of_each_target(target, dtype, conv, attention, transposed_head, frame_batch, jit_small):
+def test_policy_of_each_target(target, dtype, conv, attention, transposed_head, frame_batch, jit_small,
+                               collectives):
     p = policy(target)
     assert isinstance(p, DevicePolicy)
-    assert p == DevicePolicy(target, dtype, conv, attention, transposed_head, frame_batch, jit_small)
+    assert p == DevicePolicy(target, dtype, conv, attention, transposed_head, frame_batch, jit_small,
+                             frozenset(collectives))
 
 
 def test_policy_without_a_target_is_the_contexts():

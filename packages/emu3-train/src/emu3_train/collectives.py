@@ -1,7 +1,7 @@
 """The collective operations training uses, each with its gradient, on every device.
 
-One table (`NATIVE`) says what the device's backend runs; everything else is built from what
-it has, exactly (the same sums, the same numbers):
+One table (the device policy's `native_collectives`, emu3_vq.device) says what the device's
+backend runs; everything else is built from what it has, exactly (the same sums, the same numbers):
 
 - ReduceScatter(x) = this rank's slice of AllReduce(x);
 - AlltoAll(x)      = this rank's chunk of every rank's x, from AllGather(x);
@@ -28,13 +28,9 @@ from emu3_vq import device
 from mindspore import Tensor, nn, ops
 from mindspore.ops import ReduceOp
 
-# What the backend of each device target runs natively; the rest uses the fallbacks above.
+# What a backend may run natively; which ones it does is the device policy's
+# `native_collectives` (emu3_vq.device), the rest uses the fallbacks above.
 _ALL = frozenset({"all_reduce", "all_gather", "reduce_scatter", "all_to_all", "sub_groups"})
-NATIVE = {
-    "CPU": frozenset({"all_reduce", "all_gather"}),
-    "GPU": _ALL,
-    "Ascend": _ALL,
-}
 
 
 def native(op: str, target: str | None = None) -> bool:
@@ -46,7 +42,7 @@ def native(op: str, target: str | None = None) -> bool:
     """
     if op not in _ALL:
         raise ValueError(f"unknown collective {op!r}; known: {sorted(_ALL)}")
-    return op in NATIVE[device.policy(target).target]
+    return op in device.policy(target).native_collectives
 
 
 @dataclass(frozen=True)

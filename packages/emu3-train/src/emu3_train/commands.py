@@ -158,7 +158,7 @@ def _run_sft(args) -> None:
     if args.nproc < 1:
         raise UserError(f"--nproc must be >= 1, got {args.nproc}")
     if args.nproc > 1 and not parallel.launched_by_msrun():
-        rc = launch.launch(args.nproc, ["-m", "emu3_vq.cli", *_sft_argv(config)],
+        rc = launch.launch(args.nproc, [launch.emu3_script(), *_sft_argv(config)],
                            log_dir=str(Path(config.out) / "msrun_log"))
         if rc != 0:
             raise UserError(f"the {args.nproc} training processes failed (msrun exit status {rc}); "

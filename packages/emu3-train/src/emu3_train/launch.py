@@ -35,6 +35,16 @@ def msrun_path() -> str:
     return found
 
 
+def emu3_script() -> str:
+    """The installed `emu3` command (a Python script), for msrun to run in each worker: msrun
+    takes a script path, not `-m module`."""
+    here = Path(sys.executable).parent / "emu3"
+    found = str(here) if here.exists() else shutil.which("emu3")
+    if found is None:
+        raise FileNotFoundError(f"the emu3 command is not installed next to {sys.executable} nor on PATH")
+    return found
+
+
 def free_port() -> int:
     """A TCP port free on this machine now (msrun's scheduler listens on it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -43,8 +53,8 @@ def free_port() -> int:
 
 
 def msrun_command(nproc: int, argv, master_port: int | None = None, log_dir=DEFAULT_LOG_DIR) -> list[str]:
-    """The msrun command line that runs `python *argv` in `nproc` local workers (argv: a script and its
-    arguments, or "-m", module, arguments)."""
+    """The msrun command line that runs `python *argv` in `nproc` local workers (argv: a script
+    and its arguments; msrun takes no `-m module`)."""
     if int(nproc) < 1:
         raise ValueError(f"nproc must be >= 1, got {nproc}")
     argv = [str(a) for a in argv]

@@ -1,8 +1,8 @@
 """Which device MindSpore runs on, and every choice that follows from it, in one table.
 
 `policy()` is the one place in the project that decides by device target: the VQ's kernels
-(`kernels.py`), its frame batch (`model.py`), `--jit auto` (`commands.py`) and the LM's
-attention kernel, dtype and lm_head layout all read a field of it, so that the same model
+(`kernels.py`), its frame batch (`model.py`), `--jit auto` (`commands.py`), the LM's
+attention kernel, dtype and lm_head layout, and emu3-train's collectives all read a field of it, so that the same model
 code runs on CPU (tests, CI), GPU and Ascend. Nothing else reads MindSpore's device_target.
 """
 
@@ -39,12 +39,17 @@ class DevicePolicy:
     # Whether `--jit auto` compiles models below real size. False on CPU: compiling costs seconds
     # per input size, more than a tiny model's eager run; True elsewhere.
     jit_small_models: bool
+    # Collectives the backend runs itself (emu3-train builds the others from these, exactly):
+    # MindSpore 2.10's CPU backend has AllReduce and AllGather only, on the world group only.
+    native_collectives: frozenset = frozenset(
+        {"all_reduce", "all_gather", "reduce_scatter", "all_to_all", "sub_groups"})
 
 
 _POLICIES = {
     p.target: p for p in (
         DevicePolicy("CPU", ms.float32, conv="im2col", attention="matmul", transposed_head=True,
-                     vq_frame_batch=1, jit_small_models=False),
+                     vq_frame_batch=1, jit_small_models=False,
+                     native_collectives=frozenset({"all_reduce", "all_gather"})),
         DevicePolicy("GPU", ms.float16, conv="ops", attention="matmul", transposed_head=False,
                      vq_frame_batch=16, jit_small_models=True),
         DevicePolicy("Ascend", ms.bfloat16, conv="mint", attention="flash", transposed_head=False,
