@@ -86,7 +86,7 @@ def test_config_errors(tmp_path):
     with pytest.raises(ValueError, match="not valid JSON"):
         Emu3ImageProcessor.from_pretrained(tmp_path)
     (tmp_path / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5, 0.5]}))
-    with pytest.raises(ValueError, match="image_mean must have 3"):
+    with pytest.raises(ValueError, match='"image_mean" must have 3'):
         Emu3ImageProcessor.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="min_pixels"):
         Emu3ImageProcessor(min_pixels=100, max_pixels=10)

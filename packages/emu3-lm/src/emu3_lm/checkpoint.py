@@ -16,6 +16,7 @@ memory peaks at about the model plus one tensor.
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import re
 from pathlib import Path
@@ -150,12 +151,18 @@ def save_pretrained(model, directory: str | os.PathLike, layout: str = "original
 def save_arrays(config: Emu3LMConfig, arrays, directory: str | os.PathLike, layout: str = "original",
                 max_shard_bytes: int | None = None, dtype=ms.float32) -> list[Path]:
     """`save_pretrained` from (parameter name, array) pairs instead of a model: what a trainer
-    writes from weights gathered across processes. dtype: the file dtype, as for save_pretrained."""
+    writes from weights gathered across processes. dtype: the file dtype, as for save_pretrained.
+
+    Every argument is checked before anything is read or created, so a refused save leaves no
+    directory behind."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     file_dtype = _ms_dtype(dtype)
     if file_dtype not in _FILE_DTYPES:
-        raise ValueError(f"cannot save dtype {file_dtype}")
+        raise ValueError(f"cannot save dtype {file_dtype}; use one of {sorted(_DTYPES)}")
+    shard = max_shard_bytes
+    if shard is not None and (isinstance(shard, bool) or not isinstance(shard, numbers.Integral) or shard < 1):
+        raise ValueError(f"max_shard_bytes must be a positive number of bytes or None, got {shard!r}")
     directory = Path(directory)
     if hasattr(arrays, "items"):
         arrays = arrays.items()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import os
 from dataclasses import dataclass
 
@@ -51,6 +53,26 @@ class Emu3LMConfig:
     attn_implementation: str | None = None
 
     def __post_init__(self):
+        """Every rule of the config, in one place: types and ranges of each field, then the
+        relations between fields. A wrong value fails here, with the field's name, instead of
+        deep inside MindSpore (`"hidden_size": "64"` would otherwise surface as a shape error)."""
+        for name, low in _INTS.items():
+            setattr(self, name, _integer(name, getattr(self, name), low))
+        for name in _TOKEN_IDS:
+            setattr(self, name, _integer(name, getattr(self, name), 0))
+        for name, (low, high, low_allowed) in _FLOATS.items():
+            setattr(self, name, _real(name, getattr(self, name), low, high, low_allowed))
+        if self.hidden_act != "silu":
+            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported (Emu3 uses 'silu')")
+        if not isinstance(self.tie_word_embeddings, bool):
+            raise ValueError(f"tie_word_embeddings must be true or false, got {self.tie_word_embeddings!r}")
+        if self.tie_word_embeddings:
+            raise ValueError("tie_word_embeddings=True is not supported: Emu3 has a separate lm_head")
+        if self.attn_implementation is not None and self.attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(f"attn_implementation must be None or one of {ATTN_IMPLEMENTATIONS}, "
+                             f"got {self.attn_implementation!r}")
+        self.rope_scaling = _normalise_rope_scaling(self.rope_scaling)
+        # relations
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of "
                              f"num_attention_heads {self.num_attention_heads}")
@@ -58,19 +80,18 @@ class Emu3LMConfig:
             raise ValueError(f"num_attention_heads {self.num_attention_heads} is not a multiple of "
                              f"num_key_value_heads {self.num_key_value_heads}")
         if self.head_dim % 2:
-            raise ValueError(f"head_dim {self.head_dim} must be even for RoPE")
-        if self.hidden_act != "silu":
-            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported (Emu3 uses 'silu')")
-        if self.tie_word_embeddings:
-            raise ValueError("tie_word_embeddings=True is not supported: Emu3 has a separate lm_head")
-        if self.attn_implementation is not None and self.attn_implementation not in ATTN_IMPLEMENTATIONS:
-            raise ValueError(f"attn_implementation must be None or one of {ATTN_IMPLEMENTATIONS}, "
-                             f"got {self.attn_implementation!r}")
-        self.rope_scaling = _normalise_rope_scaling(self.rope_scaling)
-        end = self.first_visual_token_id + self.num_visual_tokens
-        if self.num_visual_tokens < 0 or self.first_visual_token_id < 0 or end > self.vocab_size:
-            raise ValueError(f"visual tokens [{self.first_visual_token_id}, {end}) do not fit "
-                             f"vocab_size {self.vocab_size}")
+            raise ValueError(f"head_dim {self.head_dim} (hidden_size / num_attention_heads) must be even "
+                             f"for RoPE")
+        start, stop = self.visual_token_range
+        if stop > self.vocab_size:
+            raise ValueError(f"visual tokens [{start}, {stop}) (first_visual_token_id, num_visual_tokens) "
+                             f"do not fit vocab_size {self.vocab_size}")
+        for name in _TOKEN_IDS:
+            value = getattr(self, name)
+            if value >= self.vocab_size:
+                raise ValueError(f"{name} {value} is outside the vocabulary (vocab_size {self.vocab_size})")
+            if start <= value < stop:
+                raise ValueError(f"{name} {value} is a visual token id (visual tokens are [{start}, {stop}))")
 
     @property
     def head_dim(self) -> int:
@@ -101,16 +122,20 @@ class Emu3LMConfig:
         """Read the original config.json (BAAI/Emu3-Gen), an -hf one (`text_config`), or a text_config alone.
 
         Unknown keys are ignored. RoPE: `rope_theta` / `rope_scaling` (original and transformers 4.x)
-        or `rope_parameters` (transformers 5.x); rope_type 'default' means no scaling.
+        or `rope_parameters` (transformers 5.x); rope_type 'default' means no scaling. Token ids the
+        dict does not give (an -hf text_config has no image ids; null counts as not given) come from
+        its `vocabulary_map`, else from Emu3's numbering rule counted from pad_token_id
+        (emu3_lm.blocks). A value of the wrong type or range raises ValueError naming the field.
         """
-        if not isinstance(d, dict):
-            raise ValueError(f"config must be a dict, got {type(d).__name__}")
-        vocabulary_map = d.get("vocabulary_map") or {}
+        d = _mapping(d, "config")
+        vocabulary_map = _mapping(d.get("vocabulary_map") or {}, "vocabulary_map")
         if "text_config" in d:
-            d = d["text_config"] or {}
+            d = _mapping(d["text_config"] or {}, "text_config")
         names = {f.name for f in dataclasses.fields(cls)} - {"rope_scaling", "attn_implementation"}
         kwargs = {k: v for k, v in d.items() if k in names}
         if isinstance(kwargs.get("eos_token_id"), list):  # transformers allows several
+            if not kwargs["eos_token_id"]:
+                raise ValueError("eos_token_id is an empty list")
             kwargs["eos_token_id"] = kwargs["eos_token_id"][0]
         if kwargs.get("num_key_value_heads") is None:
             kwargs.pop("num_key_value_heads", None)
@@ -124,26 +149,37 @@ class Emu3LMConfig:
             if scaling is None:
                 scaling = params
         kwargs["rope_scaling"] = scaling
+        for name in _TOKEN_IDS:  # transformers writes null for an id it leaves unset
+            if name in kwargs and kwargs[name] is None:
+                del kwargs[name]
         for token, field in _VOCAB_TOKENS.items():
             if token in vocabulary_map and field not in kwargs:
-                kwargs[field] = int(vocabulary_map[token])
-        if "first_visual_token_id" not in kwargs:
-            # config.json does not say; Emu3's numbering rule (emu3_lm.blocks) counts from <|endoftext|>
-            pad = kwargs.get("pad_token_id", cls.pad_token_id)
-            first = emu3_token_ids(pad, 0)["first_visual_token_id"]
-            kwargs["first_visual_token_id"] = min(first, kwargs.get("vocab_size", cls.vocab_size))
+                kwargs[field] = vocabulary_map[token]
+        # what config.json does not say, Emu3's numbering rule (emu3_lm.blocks) counts from <|endoftext|>
+        pad = _integer("pad_token_id", kwargs.get("pad_token_id", cls.pad_token_id), 0)
+        vocab = _integer("vocab_size", kwargs.get("vocab_size", cls.vocab_size), 1)
+        rule = emu3_token_ids(pad, 0)
+        for name in (*_TOKEN_IDS, "first_visual_token_id"):
+            kwargs.setdefault(name, min(rule[name], vocab) if name == "first_visual_token_id" else rule[name])
         if "num_visual_tokens" not in kwargs:
-            vocab = kwargs.get("vocab_size", cls.vocab_size)
-            kwargs["num_visual_tokens"] = vocab - kwargs["first_visual_token_id"]
+            first = _integer("first_visual_token_id", kwargs["first_visual_token_id"], 0)
+            kwargs["num_visual_tokens"] = max(vocab - first, 0)
         return cls(**kwargs)
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> Emu3LMConfig:
-        with open(path, encoding="utf-8") as f:
-            try:
-                return cls.from_dict(json.load(f))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        """`from_dict` of a config.json; every error names the file."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        try:
+            return cls.from_dict(d)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
 
     def to_dict(self, layout: str = "original") -> dict:
         """config.json content: 'original' (BAAI/Emu3-Gen) or 'hf' (an -hf `text_config`)."""
@@ -178,9 +214,58 @@ def _normalise_rope_scaling(scaling) -> dict | None:
     if kind not in ROPE_SCALING_TYPES:
         raise ValueError(f"rope_scaling type must be one of {ROPE_SCALING_TYPES}, got {kind!r} in {scaling}")
     factor = scaling.get("factor")
-    if not isinstance(factor, (int, float)) or isinstance(factor, bool) or factor <= 1:
-        raise ValueError(f"rope_scaling factor must be a number > 1, got {factor!r}")
+    if not _is_real(factor) or not factor > 1:
+        raise ValueError(f"rope_scaling factor must be a number > 1 (finite), got {factor!r}")
     return {"type": kind, "factor": float(factor)}
+
+
+# ---- the rules of each field ----------------------------------------------------------------------
+
+# integer fields -> smallest allowed value
+_INTS = {
+    "vocab_size": 1, "hidden_size": 1, "intermediate_size": 1, "num_hidden_layers": 1,
+    "num_attention_heads": 1, "num_key_value_heads": 1, "max_position_embeddings": 1, "image_area": 1,
+    "first_visual_token_id": 0, "num_visual_tokens": 0,
+}
+# special token ids: integers in [0, vocab_size), none of them a visual token
+_TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "img_token_id", "boi_token_id",
+              "eoi_token_id", "eol_token_id", "eof_token_id")
+# float fields -> (low, high or None, whether low itself is allowed); high is excluded, NaN and inf never pass
+_FLOATS = {
+    "rms_norm_eps": (0.0, None, False),
+    "rope_theta": (0.0, None, False),
+    "attention_dropout": (0.0, 1.0, True),
+    "initializer_range": (0.0, None, True),
+}
+
+
+def _mapping(value, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be a JSON object (a dict), got {type(value).__name__}")
+    return value
+
+
+def _is_real(value) -> bool:
+    """A finite int or float, not a bool (JSON's true is not a number here)."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _integer(name: str, value, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    return int(value)
+
+
+def _real(name: str, value, low: float, high: float | None, low_allowed: bool) -> float:
+    if not _is_real(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if value < low or (value == low and not low_allowed) or (high is not None and value >= high):
+        bounds = f"{'[' if low_allowed else '('}{low}, {high if high is not None else 'inf'})"
+        raise ValueError(f"{name} must be in {bounds}, got {value}")
+    return float(value)
 
 
 # token string in an -hf vocabulary_map -> config field
@@ -199,7 +284,7 @@ PRESETS: dict[str, dict] = {
     "emu3-gen": {},
     "emu3-chat": {},
     "emu3-stage1": {},
-    # benchmark stand-in (shared/BENCH.md): real vocabulary, 468 M parameters
+    # benchmark stand-in (docs/benchmarks.md): real vocabulary, 468 M parameters
     "bench-1b": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=8,
                      num_key_value_heads=2),
     # unit tests and the demo model: the ids of the tiny tokenizer of emu3_lm.tiny_assets (456 ordinary

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,8 +57,9 @@ def calculate_generate_size(ratio: str, image_area: int, spatial_factor: int) ->
     """(H, W) in tokens of an image generated at `ratio` ("W:H") covering about `image_area`
     pixels: r = sqrt(area / (w*h)), H = round(h*r/f), W = round(w*r/f) (Python's round)."""
     w, h = parse_ratio(ratio)
-    if image_area <= 0:
-        raise ValueError(f"image_area must be positive, got {image_area}")
+    real = isinstance(image_area, numbers.Real) and not isinstance(image_area, bool)
+    if not real or not math.isfinite(image_area) or image_area <= 0:
+        raise ValueError(f"image_area must be a positive number of pixels, got {image_area!r}")
     r = math.sqrt(image_area / (w * h))
     th, tw = int(round(h * r / spatial_factor)), int(round(w * r / spatial_factor))
     if th < 1 or tw < 1:

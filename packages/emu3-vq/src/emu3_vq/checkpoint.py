@@ -20,14 +20,13 @@ Loading is strict: missing keys, unexpected keys and shape mismatches raise a
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 
 from emu3_vq import weights
-from emu3_vq.config import Emu3VQConfig
+from emu3_vq.config import Emu3VQConfig, read_json
 from emu3_vq.weights import CheckpointError
 
 # Original name -> -hf name: (pattern, replacement) applied in this order to every key, as
@@ -120,10 +119,7 @@ def _read_config(directory: Path) -> dict:
     path = directory / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"no config.json in {directory}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    return read_json(path)
 
 
 def _select_vq_keys(directory: Path, config: dict, keys: dict) -> tuple[str, list[str]]:
@@ -152,7 +148,10 @@ def from_pretrained(cls, path, dtype=None, **kwargs):
     its weights strictly (see the module docstring for the layouts accepted)."""
     directory = Path(path)
     raw_config = _read_config(directory)
-    config = Emu3VQConfig.from_dict(raw_config)
+    try:
+        config = Emu3VQConfig.from_dict(raw_config)
+    except ValueError as exc:
+        raise ValueError(f"{directory / 'config.json'}: {exc}") from None
     keys = weights.checkpoint_keys(directory)
     prefix, names = _select_vq_keys(directory, raw_config, keys)
     stripped = [n[len(prefix):] for n in names]
@@ -224,11 +223,14 @@ def save_pretrained(model, directory, layout: str = "original", max_shard_bytes:
     layout: 'original' (BAAI/Emu3-VisionTokenizer keys) or 'hf' (standalone transformers
     Emu3VQVAE). max_shard_bytes: shard into `model-0000X-of-0000Y.safetensors` + index.
     dtype: 'F32', 'F16' or 'BF16' for the floating tensors (None keeps fp32).
+    The weights are committed as a whole (`weights.write_checkpoint`), then config.json is
+    replaced; a save interrupted between the two leaves the new weights beside the old
+    config.json, which loads only when both models share one architecture (and then gives the
+    new model). Invalid arguments are refused before anything is created.
     """
     if layout not in ("original", "hf"):
         raise ValueError(f"layout must be 'original' or 'hf', got {layout!r}")
     directory = Path(directory)
-    os.makedirs(directory, exist_ok=True)
     state = weights.state_dict_numpy(model)
     if layout == "hf":
         state = state_to_hf(state)

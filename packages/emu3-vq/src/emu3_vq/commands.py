@@ -4,6 +4,9 @@ Inputs: image files (several form a batch), or videos: a folder of frames or a G
 frame count must be a multiple of the temporal factor (4). Codes are .npy files: [h, w]
 for an image, [T/4, h, w] for a video. Images decode to PNG, videos to a GIF plus one PNG
 per frame. Without --model the embedded untrained demo model is used.
+
+Every option, every input (read whole) and every output is checked before the model is
+loaded or a file written; each output appears complete or not at all.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import media
-from .cli import UserError, progress
+from .cli import UserError, arg_type, check_outputs, int_at_least, progress
 from .weights import atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -38,8 +41,10 @@ def register(subparsers) -> None:
                             "(seconds to minutes) and later calls run faster; auto: off on CPU, "
                             "on elsewhere (default: auto)")
         if batch:
-            p.add_argument("--batch-size", type=int, default=4, metavar="N",
+            p.add_argument("--batch-size", type=int_at_least(1), default=4, metavar="N",
                            help="images of the same size encoded together (default: 4)")
+
+    fps_type = arg_type(lambda text: media.check_fps(float(text)))
 
     enc = sub.add_parser("encode", help="images/videos -> codes (.npy)")
     enc.add_argument("inputs", nargs="+", metavar="INPUT", help="image file, frame folder or GIF")
@@ -49,13 +54,13 @@ def register(subparsers) -> None:
     dec = sub.add_parser("decode", help="codes (.npy) -> PNG image, or GIF + PNG frames for a video")
     dec.add_argument("inputs", nargs="+", metavar="CODES", help=".npy file: [h, w] image or [t, h, w] video")
     common(dec, batch=False)
-    dec.add_argument("--fps", type=float, default=8.0, help="GIF frame rate (default: 8)")
+    dec.add_argument("--fps", type=fps_type, default=8.0, help="GIF frame rate, 0.01 to 100 (default: 8)")
     dec.set_defaults(func=run_decode)
 
     rec = sub.add_parser("reconstruct", help="encode then decode: <name>_recon.png or .gif")
     rec.add_argument("inputs", nargs="+", metavar="INPUT", help="image file, frame folder or GIF")
     common(rec)
-    rec.add_argument("--fps", type=float, default=8.0, help="GIF frame rate (default: 8)")
+    rec.add_argument("--fps", type=fps_type, default=8.0, help="GIF frame rate, 0.01 to 100 (default: 8)")
     rec.add_argument("--save-codes", action="store_true", help="also write the codes as <name>.npy")
     rec.set_defaults(func=run_reconstruct)
 
@@ -93,6 +98,9 @@ class _Tokenizer:
         if self.processor.spatial_factor != self.factor:
             raise UserError(f"{self.path}: preprocessor_config.json has spatial_factor "
                             f"{self.processor.spatial_factor} but the model downsamples by {self.factor}")
+        if (self.config.in_channels, self.config.out_channels) != (3, 3):
+            raise UserError(f"{self.path / 'config.json'}: in_channels and out_channels must be 3 "
+                            f"(RGB) for images, got {self.config.in_channels} and {self.config.out_channels}")
         self.jit = jit
         self._model = None
 
@@ -125,38 +133,49 @@ def _to_numpy(x) -> np.ndarray:
 # ---- inputs -----------------------------------------------------------------------------------
 
 class _Input:
-    def __init__(self, path: Path, kind: str, size: tuple[int, int] | None = None):
-        self.path, self.kind, self.size = path, kind, size  # size: target (height, width)
+    def __init__(self, path: Path, kind: str):
+        self.path, self.kind = path, kind
         self.name = path.stem if path.is_file() else path.name
+        self.size: tuple[int, int] | None = None  # an image's target (height, width)
 
 
-def _check_inputs(paths: list[str], tokenizer: _Tokenizer) -> list[_Input]:
-    """Validate every input before any work: existence, readability, size and frame count."""
+def _inputs(paths: list[str]) -> list[_Input]:
+    """What each input is (image or video) and its output name; reads no file."""
     inputs = []
     for raw in paths:
         path = Path(raw)
         if not path.exists():
             raise UserError(f"input not found: {path}")
-        try:
-            if media.is_video_path(path):
-                n, (width, height) = media.video_info(path)
-                t = tokenizer.frames_per_code
-                if n % t:
-                    raise UserError(f"video {path} has {n} frames; the tokenizer needs a multiple of {t} "
-                                    f"(drop {n % t} or add {t - n % t})")
-                tokenizer.processor.size_for(height, width)
-                inputs.append(_Input(path, "video"))
-            elif path.suffix.lower() in IMAGE_SUFFIXES:
-                width, height = media.image_size(path)
-                inputs.append(_Input(path, "image", tokenizer.processor.size_for(height, width)))
-            else:
-                raise UserError(f"unsupported input {path}: expected an image "
-                                f"({', '.join(IMAGE_SUFFIXES)}), a folder of frames or a .gif")
-        except ValueError as exc:  # unreadable file, too small, too elongated
-            message = str(exc)
-            raise UserError(message if str(path) in message else f"{path}: {message}") from None
+        if media.is_video_path(path):
+            inputs.append(_Input(path, "video"))
+        elif path.suffix.lower() in IMAGE_SUFFIXES:
+            inputs.append(_Input(path, "image"))
+        else:
+            raise UserError(f"unsupported input {path}: expected an image "
+                            f"({', '.join(IMAGE_SUFFIXES)}), a folder of frames or a .gif")
     _check_names([i.name for i in inputs], paths)
     return inputs
+
+
+def _read_inputs(inputs: list[_Input], tokenizer: _Tokenizer) -> None:
+    """Read every input whole before any work: what encoding would fail on (corrupt data, an
+    unsupported image mode, a size the processor refuses, a frame count or frames of different
+    sizes) fails here, so that no output of an earlier input is written first."""
+    for item in inputs:
+        try:
+            if item.kind == "video":
+                n, (width, height) = media.check_video(item.path)
+                t = tokenizer.frames_per_code
+                if n % t:
+                    raise UserError(f"video {item.path} has {n} frames; the tokenizer needs a multiple "
+                                    f"of {t} (drop {n % t} or add {t - n % t})")
+                tokenizer.processor.size_for(height, width)
+            else:
+                width, height = media.check_image(item.path)
+                item.size = tokenizer.processor.size_for(height, width)
+        except ValueError as exc:  # unreadable file, too small, too elongated
+            message = str(exc)
+            raise UserError(message if str(item.path) in message else f"{item.path}: {message}") from None
 
 
 def _check_names(names: list[str], paths: list[str]) -> None:
@@ -167,23 +186,11 @@ def _check_names(names: list[str], paths: list[str]) -> None:
         seen[name] = path
 
 
-def _check_outputs(outputs: list[Path], inputs: list[str], overwrite: bool) -> None:
-    """Never write over an input; write over other existing files only with --overwrite."""
-    resolved = {Path(p).resolve() for p in inputs}
-    for out in outputs:
-        if out.resolve() in resolved:
-            raise UserError(f"output {out} would overwrite an input; choose another --output-dir")
-    existing = [str(out) for out in outputs if out.exists()]
-    if existing and not overwrite:
-        shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
-        raise UserError(f"{shown} already exist{'s' if len(existing) == 1 else ''}; "
-                        f"pass --overwrite to replace, or choose another --output-dir")
-
-
-def _decoded_paths(out_dir: Path, name: str, video: bool) -> list[Path]:
+def _decoded_paths(out_dir: Path, name: str, video: bool) -> tuple[list[Path], list[Path]]:
+    """(files, folders) decoding writes: ([name.png], []) or ([name.gif], [name_frames])."""
     if video:
-        return [out_dir / f"{name}.gif", out_dir / f"{name}_frames"]
-    return [out_dir / f"{name}.png"]
+        return [out_dir / f"{name}.gif"], [out_dir / f"{name}_frames"]
+    return [out_dir / f"{name}.png"], []
 
 
 def _batches(inputs: list[_Input], batch_size: int):
@@ -198,8 +205,6 @@ def _batches(inputs: list[_Input], batch_size: int):
 
 def _encode_all(tokenizer: _Tokenizer, inputs: list[_Input], batch_size: int, on_codes) -> None:
     """Encode every input, calling on_codes(input, codes) as results arrive."""
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     images = [i for i in inputs if i.kind == "image"]
     videos = [i for i in inputs if i.kind == "video"]
     units = list(_batches(images, batch_size)) + [[v] for v in videos]
@@ -220,18 +225,20 @@ def _write_decoded(tokenizer: _Tokenizer, codes: np.ndarray, out_dir: Path, name
     """Decode one image's [h, w] or one video's [t, h, w] codes and write PNG or GIF + frames."""
     pixels = tokenizer.decode(codes[None])[0]
     images = tokenizer.processor.postprocess(pixels)
-    paths = _decoded_paths(out_dir, name, video=codes.ndim == 3)
+    (file,), folders = _decoded_paths(out_dir, name, video=codes.ndim == 3)
     if codes.ndim == 2:
-        media.save_png(images[0], paths[0])
+        media.save_png(images[0], file)
     else:
-        media.save_frames(images, paths[1])
-        media.save_gif(images, paths[0], fps=fps)
-    return paths
+        media.save_frames(images, folders[0])
+        media.save_gif(images, file, fps=fps)
+    return [file, *folders]
 
 
-def _load_codes(path: Path, codebook_size: int) -> np.ndarray:
+def _load_codes(path: Path, tokenizer: _Tokenizer) -> np.ndarray:
+    """A codes file, checked: integers in the codebook, [h, w] or [t, h, w], and no larger than
+    the images this tokenizer makes (refused before the decoder allocates anything)."""
     if not path.is_file():
-        raise UserError(f"codes file not found: {path}")
+        raise UserError(f"codes file not found: {path}" if not path.exists() else f"{path} is not a file")
     try:
         codes = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -240,8 +247,15 @@ def _load_codes(path: Path, codebook_size: int) -> np.ndarray:
         raise UserError(f"{path}: codes must be an integer array, got {getattr(codes, 'dtype', type(codes))}")
     if codes.ndim not in (2, 3) or 0 in codes.shape:
         raise UserError(f"{path}: codes must be [h, w] (image) or [t, h, w] (video), got shape {codes.shape}")
-    if codes.min() < 0 or codes.max() >= codebook_size:
-        raise UserError(f"{path}: codes must lie in [0, {codebook_size}), found {codes.min()}..{codes.max()}")
+    size = tokenizer.codebook_size
+    if codes.min() < 0 or codes.max() >= size:
+        raise UserError(f"{path}: codes must lie in [0, {size}), found {codes.min()}..{codes.max()}")
+    f = tokenizer.factor
+    pixels = codes.shape[-2] * f * codes.shape[-1] * f
+    if tokenizer.processor.do_resize and pixels > tokenizer.processor.max_pixels:
+        raise UserError(f"{path}: codes of {codes.shape[-2]}x{codes.shape[-1]} decode to "
+                        f"{codes.shape[-1] * f}x{codes.shape[-2] * f} pixels, more than the "
+                        f"{tokenizer.processor.max_pixels} (max_pixels) of any image this tokenizer encodes")
     return codes.astype(np.int64)
 
 
@@ -249,9 +263,10 @@ def _load_codes(path: Path, codebook_size: int) -> np.ndarray:
 
 def run_encode(args) -> None:
     tokenizer = _Tokenizer(args.model, args.jit)
-    inputs = _check_inputs(args.inputs, tokenizer)
+    inputs = _inputs(args.inputs)
     out_dir = Path(args.output_dir)
-    _check_outputs([out_dir / f"{i.name}.npy" for i in inputs], args.inputs, args.overwrite)
+    check_outputs([out_dir / f"{i.name}.npy" for i in inputs], args.inputs, args.overwrite)
+    _read_inputs(inputs, tokenizer)
 
     def save(item, codes):
         path = out_dir / f"{item.name}.npy"
@@ -265,12 +280,15 @@ def run_decode(args) -> None:
     tokenizer = _Tokenizer(args.model, args.jit)
     out_dir = Path(args.output_dir)
     paths = [Path(p) for p in args.inputs]
-    all_codes = [_load_codes(p, tokenizer.codebook_size) for p in paths]
+    all_codes = [_load_codes(p, tokenizer) for p in paths]
     names = [p.stem for p in paths]
     _check_names(names, args.inputs)
-    outputs = [p for name, codes in zip(names, all_codes)
-               for p in _decoded_paths(out_dir, name, video=codes.ndim == 3)]
-    _check_outputs(outputs, args.inputs, args.overwrite)
+    files, folders = [], []
+    for name, codes in zip(names, all_codes):
+        more_files, more_folders = _decoded_paths(out_dir, name, video=codes.ndim == 3)
+        files += more_files
+        folders += more_folders
+    check_outputs(files, args.inputs, args.overwrite, directories=folders)
     for name, codes in progress(list(zip(names, all_codes)), desc="decode"):
         for path in _write_decoded(tokenizer, codes, out_dir, name, args.fps):
             print(path)
@@ -278,12 +296,17 @@ def run_decode(args) -> None:
 
 def run_reconstruct(args) -> None:
     tokenizer = _Tokenizer(args.model, args.jit)
-    inputs = _check_inputs(args.inputs, tokenizer)
+    inputs = _inputs(args.inputs)
     out_dir = Path(args.output_dir)
-    outputs = [p for i in inputs for p in _decoded_paths(out_dir, f"{i.name}_recon", i.kind == "video")]
+    files, folders = [], []
+    for i in inputs:
+        more_files, more_folders = _decoded_paths(out_dir, f"{i.name}_recon", i.kind == "video")
+        files += more_files
+        folders += more_folders
     if args.save_codes:
-        outputs += [out_dir / f"{i.name}.npy" for i in inputs]
-    _check_outputs(outputs, args.inputs, args.overwrite)
+        files += [out_dir / f"{i.name}.npy" for i in inputs]
+    check_outputs(files, args.inputs, args.overwrite, directories=folders)
+    _read_inputs(inputs, tokenizer)
 
     def save(item, codes):
         if args.save_codes:
@@ -294,4 +317,3 @@ def run_reconstruct(args) -> None:
             print(path)
 
     _encode_all(tokenizer, inputs, args.batch_size, save)
-

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass
@@ -28,15 +29,31 @@ class Emu3VQConfig:
     dropout: float = 0.0  # dropout inside ResNet blocks (training only)
 
     def __post_init__(self):
-        self.ch_mult = tuple(int(m) for m in self.ch_mult)
-        self.attn_resolutions = tuple(int(a) for a in self.attn_resolutions)
+        """Every rule on the fields, in one place: types, ranges and relations. A wrong value
+        fails here, naming the field, rather than as a MindSpore error deep in the model."""
+        for name in ("codebook_size", "embed_dim", "z_channels", "in_channels", "out_channels",
+                     "temporal_downsample_factor", "ch", "num_res_blocks"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise ValueError(f'"{name}" must be a positive integer, got {getattr(self, name)!r}')
+        if not isinstance(self.double_z, bool):
+            raise ValueError(f'"double_z" must be true or false, got {self.double_z!r}')
+        self.ch_mult = _int_list("ch_mult", self.ch_mult)
+        self.attn_resolutions = _int_list("attn_resolutions", self.attn_resolutions)
+        if not self.ch_mult or min(self.ch_mult) < 1:
+            raise ValueError(f'"ch_mult" must list at least one positive multiplier, '
+                             f"got {list(self.ch_mult)}")
+        levels = len(self.ch_mult)
+        if any(not 0 <= a < levels for a in self.attn_resolutions):
+            raise ValueError(f'"attn_resolutions" must be stage indices below len(ch_mult) = {levels}, '
+                             f"got {list(self.attn_resolutions)}")
         t = self.temporal_downsample_factor
-        if t < 1 or t & (t - 1):
-            raise ValueError(f"temporal_downsample_factor must be a power of two, got {t}")
-        if not self.ch_mult:
-            raise ValueError("ch_mult must name at least one stage")
+        if t & (t - 1):
+            raise ValueError(f'"temporal_downsample_factor" must be a power of two, got {t}')
         if self.ch % 32:
-            raise ValueError(f"ch must be a multiple of 32 (GroupNorm uses 32 groups), got {self.ch}")
+            raise ValueError(f'"ch" must be a multiple of 32 (GroupNorm uses 32 groups), got {self.ch}')
+        if (isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float))
+                or not 0 <= self.dropout < 1):
+            raise ValueError(f'"dropout" must be a number in [0, 1), got {self.dropout!r}')
 
     @property
     def spatial_factor(self) -> int:
@@ -58,9 +75,15 @@ class Emu3VQConfig:
     # ---- config.json ---------------------------------------------------------------------
     @classmethod
     def from_dict(cls, d: dict) -> "Emu3VQConfig":
-        """Read the original layout, the `-hf` vq_config layout, or a whole `-hf` config.json."""
+        """Read the original layout, the `-hf` vq_config layout, or a whole `-hf` config.json.
+
+        Keys that are not fields (model_type, architectures, ...) are ignored."""
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a JSON object, got {_json_type(d)}")
         if "vq_config" in d:
             d = d["vq_config"]
+            if not isinstance(d, dict):
+                raise ValueError(f'"vq_config" must be a JSON object, got {_json_type(d)}')
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {}
         for key, value in d.items():
@@ -71,8 +94,12 @@ class Emu3VQConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "Emu3VQConfig":
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        """Read and check a config.json; every error names the file (and the field)."""
+        try:
+            return cls.from_dict(read_json(path))
+        except ValueError as exc:
+            message = str(exc)
+            raise ValueError(message if message.startswith(str(path)) else f"{path}: {message}") from None
 
     def to_dict(self, layout: str = "original") -> dict:
         """config.json content: `original` (BAAI/Emu3-VisionTokenizer) or `hf` (a vq_config)."""
@@ -90,6 +117,39 @@ class Emu3VQConfig:
             out["model_type"] = "emu3_vqgan"
             return out
         raise ValueError(f"layout must be 'original' or 'hf', got {layout!r}")
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    """A JSON file's object; FileNotFoundError or ValueError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found") from None
+    except (IsADirectoryError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a JSON file ({exc})") from None
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {_json_type(d)}")
+    return d
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_list(name: str, value) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)) or not all(_is_int(v) for v in value):
+        raise ValueError(f'"{name}" must be a list of integers, got {value!r}')
+    return tuple(value)
+
+
+def _json_type(value) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
 
 
 # -hf vq_config name -> original name

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,11 @@ HF_TYPE = "Emu3ImageProcessor"  # transformers (Emu3-Gen-hf, Emu3-Chat-hf)
 # transformers' class defaults to the CLIP statistics; the original class to 0.5 / 0.5
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# the largest image area a config may allow: an 8192x8192 image already needs some 64 GB per
+# activation of the released VQ's first stage, so a larger limit is a mistake, refused before
+# anything is allocated
+MAX_PIXELS_LIMIT = 8192 * 8192
+_PIL_FILTERS = (0, 1, 2, 3, 4, 5)  # NEAREST, LANCZOS, BILINEAR, BICUBIC, BOX, HAMMING
 
 
 def smart_resize(height: int, width: int, factor: int = 8, min_pixels: int = 512 * 512,
@@ -59,7 +65,15 @@ def smart_resize(height: int, width: int, factor: int = 8, min_pixels: int = 512
 
 
 def to_rgb(image) -> Image.Image:
-    """A PIL RGB image; transparency is composited onto white (as transformers does)."""
+    """A PIL RGB image; transparency is composited onto white (as transformers does).
+
+    Images of more than 8 bits a channel are scaled to 8 bits, never clipped (Pillow's own
+    conversion clips them to white or black): 16-bit images (modes I;16, I;16B, ...: 16-bit
+    grey PNG and TIFF) by their full range, 0..65535 to 0..255; 32-bit integer (I) and float
+    (F) images, which carry no range of their own, from their smallest to their largest value
+    (an image of one value becomes black). A float image holding NaN or inf, and a mode Pillow
+    cannot turn into RGB, are a ValueError naming the mode.
+    """
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise ValueError(f"image arrays must be uint8 (0..255), got {image.dtype}")
@@ -70,13 +84,32 @@ def to_rgb(image) -> Image.Image:
         image = Image.fromarray(image)
     if not isinstance(image, Image.Image):
         raise TypeError(f"expected a PIL image or a numpy array, got {type(image).__name__}")
+    image = _to_8_bits(image)
     if image.mode == "RGB":
         return image
-    if "A" in image.getbands() or image.info.get("transparency") is not None:
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")
+    try:
+        if any(band in ("A", "a") for band in image.getbands()) or image.info.get("transparency") is not None:
+            rgba = image.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(white, rgba).convert("RGB")
+        return image.convert("RGB")
+    except ValueError as exc:
+        raise ValueError(f"images of mode {image.mode!r} are not supported: {exc}") from None
+
+
+def _to_8_bits(image: Image.Image) -> Image.Image:
+    """16-bit, 32-bit integer and float images as 8-bit grey (mode L), by the rule in `to_rgb`."""
+    if image.mode.startswith("I;16"):
+        x = np.asarray(image).astype(np.float64) * (255 / 65535)
+    elif image.mode in ("I", "F"):
+        x = np.asarray(image).astype(np.float64)
+        if not np.isfinite(x).all():
+            raise ValueError(f"image of mode {image.mode!r} holds NaN or inf values")
+        low, high = (x.min(), x.max()) if x.size else (0.0, 0.0)
+        x = (x - low) * (255 / (high - low)) if high > low else np.zeros_like(x)
+    else:
+        return image
+    return Image.fromarray(np.rint(x).astype(np.uint8), "L")
 
 
 @dataclass
@@ -103,14 +136,31 @@ class Emu3ImageProcessor:
     extra: dict = field(default_factory=dict)  # other keys of the file, written back as they were
 
     def __post_init__(self):
+        """Every rule on the fields, in one place; errors name the field."""
+        for name in ("do_resize", "do_rescale", "do_normalize", "do_convert_rgb"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f'"{name}" must be true or false, got {getattr(self, name)!r}')
+        for name, low in (("min_pixels", 0), ("max_pixels", 1), ("spatial_factor", 1)):
+            value = getattr(self, name)
+            if not _is_int(value) or value < low:
+                raise ValueError(f'"{name}" must be an integer >= {low}, got {value!r}')
+        if self.max_pixels > MAX_PIXELS_LIMIT:
+            raise ValueError(f'"max_pixels" must be at most {MAX_PIXELS_LIMIT} (8192x8192), '
+                             f"got {self.max_pixels}")
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(f'"min_pixels" ({self.min_pixels}) exceeds "max_pixels" ({self.max_pixels})')
+        if not _is_int(self.resample) or self.resample not in _PIL_FILTERS:
+            raise ValueError(f'"resample" must be a PIL filter number {_PIL_FILTERS}, got {self.resample!r}')
+        if not _is_number(self.rescale_factor) or not 0 < self.rescale_factor < math.inf:
+            raise ValueError(f'"rescale_factor" must be a finite number above 0, '
+                             f"got {self.rescale_factor!r}")
+        if not _is_number(self.max_aspect_ratio) or not 1 <= self.max_aspect_ratio < math.inf:
+            raise ValueError(f'"max_aspect_ratio" must be a finite number >= 1, '
+                             f"got {self.max_aspect_ratio!r}")
         self.image_mean = _three(self.image_mean, "image_mean")
         self.image_std = _three(self.image_std, "image_std")
         if any(s == 0 for s in self.image_std):
-            raise ValueError(f"image_std must not contain 0, got {self.image_std}")
-        if self.spatial_factor < 1:
-            raise ValueError(f"spatial_factor must be positive, got {self.spatial_factor}")
-        if self.min_pixels > self.max_pixels:
-            raise ValueError(f"min_pixels ({self.min_pixels}) exceeds max_pixels ({self.max_pixels})")
+            raise ValueError(f'"image_std" must not contain 0, got {list(self.image_std)}')
 
     # ---- preprocessor_config.json --------------------------------------------------------
     @classmethod
@@ -275,13 +325,21 @@ class Emu3ImageProcessor:
         return images
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def _three(value, name: str) -> tuple[float, float, float]:
-    if isinstance(value, (int, float)):
-        return (float(value),) * 3
-    value = tuple(float(v) for v in value)
-    if len(value) != 3:
-        raise ValueError(f"{name} must have 3 values (one per channel), got {len(value)}")
-    return value
+    if _is_number(value):
+        value = (value,) * 3
+    if (not isinstance(value, (list, tuple, np.ndarray)) or len(value) != 3
+            or not all(_is_number(v) and math.isfinite(v) for v in value)):
+        raise ValueError(f'"{name}" must have 3 finite numbers (one per channel), got {value!r}')
+    return tuple(float(v) for v in value)
 
 
 def _as_list(images) -> list:

@@ -9,7 +9,8 @@ narrowed with round-to-nearest-even on write; this is why the reader is our own 
 
 Large checkpoints (the 8B LM in bf16 shards) are read one shard at a time through a
 read-only memory map, one tensor at a time, so that loading costs about one tensor of
-extra memory. Files are always written under a temporary name and renamed when complete.
+extra memory. Files are always written under a temporary name and renamed when complete,
+and a sharded checkpoint is committed as a whole by its index (see `write_checkpoint`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from __future__ import annotations
 import json
 import math
 import mmap
+import numbers
 import os
+import re
 import secrets
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -141,30 +144,38 @@ def checkpoint_files(dir_or_file: str | os.PathLike) -> tuple[list[Path], dict[s
     Accepts a .safetensors file, or a directory holding `model.safetensors.index.json`
     (or one other `*.safetensors.index.json`), `model.safetensors`, or a single `*.safetensors`.
     """
+    files, weight_map, _ = _checkpoint(dir_or_file)
+    return files, weight_map
+
+
+def _checkpoint(dir_or_file) -> tuple[list[Path], dict[str, str] | None, str | None]:
+    """(files, weight_map or None, the index's checkpoint_id or None)."""
     p = Path(dir_or_file)
     if p.is_file():
         if p.name.endswith(".index.json"):
-            return _files_from_index(p)
-        return [p], None
+            return _read_index(p)
+        return [p], None, None
     if not p.is_dir():
         raise FileNotFoundError(f"checkpoint not found: {p}")
     index = _find_index(p)
     if index is not None:
-        return _files_from_index(index)
+        return _read_index(index)
     if (p / SINGLE_FILE).is_file():
-        return [p / SINGLE_FILE], None
+        return [p / SINGLE_FILE], None, None
     files = sorted(p.glob("*.safetensors"))
     if len(files) == 1:
-        return files, None
+        return files, None, None
     if not files:
         raise FileNotFoundError(f"no .safetensors file in {p}")
     raise CheckpointError(f"{p}: several .safetensors files and no index: {[f.name for f in files]}")
 
 
-def _files_from_index(index: Path) -> tuple[list[Path], dict[str, str]]:
+def _read_index(index: Path) -> tuple[list[Path], dict[str, str], str | None]:
     try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        content = json.loads(index.read_text(encoding="utf-8"))
+        weight_map = content["weight_map"]
+        checkpoint_id = (content.get("metadata") or {}).get("checkpoint_id")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{index}: corrupt index file ({exc!r})") from None
     if not isinstance(weight_map, dict):
         raise CheckpointError(f"{index}: weight_map is not a JSON object")
@@ -172,15 +183,23 @@ def _files_from_index(index: Path) -> tuple[list[Path], dict[str, str]]:
     for f in files:
         if not f.is_file():
             raise FileNotFoundError(f"shard {f.name} named in {index} not found")
-    return files, weight_map
+    return files, weight_map, checkpoint_id
 
 
 def _shard_entries(dir_or_file) -> list[tuple[Path, dict, int, list[tuple[str, dict]]]]:
-    """Per shard: (path, header, data start, entries in file order), checked against the index."""
-    files, weight_map = checkpoint_files(dir_or_file)
+    """Per shard: (path, header, data start, entries in file order), checked against the index.
+
+    An index that names a checkpoint_id (ours do) accepts only shards carrying the same id:
+    a shard from another save is an error, never part of the model.
+    """
+    files, weight_map, checkpoint_id = _checkpoint(dir_or_file)
     shards = []
     for f in files:
         header, start = _read_header_and_size(f)
+        shard_id = (header.get("__metadata__") or {}).get("checkpoint_id")
+        if checkpoint_id is not None and shard_id != checkpoint_id:
+            raise CheckpointError(f"{f}: not a shard of the checkpoint its index describes (a mix of two "
+                                  f"saves); save the checkpoint again")
         entries = _tensor_entries(header)
         if weight_map is not None:
             entries = [(k, v) for k, v in entries if weight_map.get(k) == f.name]
@@ -354,20 +373,9 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
     _write_prepared(Path(path), _prepare(tensors, dtype), metadata)
 
 
-def write_checkpoint(directory: str | os.PathLike, tensors: Mapping[str, np.ndarray],
-                     max_shard_bytes: int | None = None, dtype: str | None = None,
-                     prefix: str = "model", metadata: Mapping[str, str] | None = None) -> list[Path]:
-    """Write `prefix.safetensors`, or shards `prefix-0000X-of-0000Y.safetensors` plus
-    `prefix.safetensors.index.json` ({"metadata": {"total_parameters", "total_size"},
-    "weight_map"}), the way transformers' save_pretrained lays them out: tensors in the
-    mapping's order, a new shard when the next tensor would push the current one past
-    `max_shard_bytes`, a tensor larger than that alone in a shard. Every file gets the
-    metadata {"format": "pt"} (plus `metadata`). Shard files of an earlier save with the
-    same prefix are removed. Returns the files written.
-    """
-    directory = Path(directory)
-    items = _prepare(tensors, dtype)
-    # huggingface_hub's split: a tensor larger than the limit gets a shard of its own
+def _split(items, max_shard_bytes: int | None) -> list[list]:
+    """huggingface_hub's split: tensors in order, a new shard when the next tensor would pass
+    the limit, a tensor larger than the limit alone in a shard."""
     shards: list[list] = []
     current: list = []
     size = 0
@@ -383,31 +391,94 @@ def write_checkpoint(directory: str | os.PathLike, tensors: Mapping[str, np.ndar
         size += nbytes
     if current or not shards:
         shards.append(current)
+    return shards
+
+
+def _is_checkpoint_file(name: str, prefix: str) -> bool:
+    """A weights file or index that write_checkpoint(prefix=prefix) writes, or the temporary
+    file of one (`atomic_write`'s `.NAME.PID.HEX.tmp`, left by a killed save)."""
+    p = re.escape(prefix)
+    final = rf"{p}(-\d{{5}}-of-\d{{5}}(-[0-9a-f]{{8}})?)?\.safetensors(\.index\.json)?"
+    return re.fullmatch(rf"{final}|\.{final}\.\d+\.[0-9a-f]{{8}}\.tmp", name) is not None
+
+
+def write_checkpoint(directory: str | os.PathLike, tensors: Mapping[str, np.ndarray],
+                     max_shard_bytes: int | None = None, dtype: str | None = None,
+                     prefix: str = "model", metadata: Mapping[str, str] | None = None) -> list[Path]:
+    """Write `prefix.safetensors`, or shards `prefix-0000X-of-0000Y.safetensors` plus
+    `prefix.safetensors.index.json` ({"metadata": {"total_parameters", "total_size",
+    "checkpoint_id"}, "weight_map"}), the way transformers' save_pretrained lays them out:
+    tensors in the mapping's order, a new shard when the next tensor would push the current one
+    past `max_shard_bytes` (a positive int), a tensor larger than that alone in a shard. Every
+    file gets the metadata {"format": "pt"} (plus `metadata`). Returns the files written.
+
+    The checkpoint is committed as a whole, so that a reader sees the old checkpoint, the new
+    one, or an error, never a mix, even when the save fails part way (disk full, Ctrl-C):
+    - every file is written under a temporary name and renamed when complete;
+    - shards never replace a file of the checkpoint in place: when a standard shard name is
+      taken (a re-save with as many shards), every shard of this save gets the save's id in
+      its name (`model-00001-of-00003-1a2b3c4d.safetensors`);
+    - the index is written last and is the commit: it names the save's `checkpoint_id`, which
+      every shard also carries in its metadata, and the reader refuses a shard of another save;
+      a single-file save is committed by its own rename (and the removal of an old index);
+    - only then are the other weights files of `prefix` removed (an earlier save's shards,
+      files of a killed save), so none survives a re-save. Other files in `directory`
+      (config.json, tokenizer files) are left alone; two saves into one directory at the same
+      time are not supported.
+    A failed save removes the shards it wrote and leaves the previous checkpoint as it was.
+    Nothing is created when the arguments are invalid.
+    """
+    limit = max_shard_bytes
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, numbers.Integral)
+                              or limit <= 0):
+        raise ValueError(f"max_shard_bytes must be a positive number of bytes or None, got {limit!r}")
+    directory = Path(directory)
+    items = _prepare(tensors, dtype)
+    shards = _split(items, max_shard_bytes)
     metadata = {"format": "pt", **(metadata or {})}
-    index_path = directory / f"{prefix}.safetensors.index.json"
+    directory.mkdir(parents=True, exist_ok=True)
     if len(shards) == 1:
-        names = [f"{prefix}.safetensors"]
+        written = [directory / f"{prefix}.safetensors"]
+        _write_prepared(written[0], shards[0], metadata)
     else:
-        names = [f"{prefix}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    total = 0
-    weight_map = {}
-    for name, shard in zip(names, shards):
-        total += _write_prepared(directory / name, shard, metadata)
-        weight_map.update({item[0]: name for item in shard})
-    if len(shards) > 1:
-        n_params = sum(item[1].size for item in items)
-        index = {"metadata": {"total_parameters": n_params, "total_size": total},
+        written = _write_shards(directory, prefix, shards, metadata)
+    # after the commit: the previous save's files (the index first, so that no reader is sent
+    # to a removed shard), and files of failed or killed saves
+    index_first = sorted(directory.iterdir(), key=lambda p: not p.name.endswith(".index.json"))
+    for old in index_first:
+        if old not in written and _is_checkpoint_file(old.name, prefix) and old.is_file():
+            old.unlink()
+    return written
+
+
+def _write_shards(directory: Path, prefix: str, shards: list[list], metadata: dict) -> list[Path]:
+    """Write the shards, then the index that commits them; on failure remove this save's shards."""
+    checkpoint_id = secrets.token_hex(8)
+    count = len(shards)
+    names = [f"{prefix}-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+    if any((directory / name).exists() for name in names):  # never replace a file a reader may use
+        names = [f"{prefix}-{i + 1:05d}-of-{count:05d}-{checkpoint_id[:8]}.safetensors" for i in range(count)]
+    metadata = {**metadata, "checkpoint_id": checkpoint_id}
+    written: list[Path] = []
+    try:
+        total = 0
+        weight_map = {}
+        for name, shard in zip(names, shards):
+            written.append(directory / name)
+            total += _write_prepared(directory / name, shard, metadata)
+            weight_map.update({item[0]: name for item in shard})
+        n_params = sum(item[1].size for shard in shards for item in shard)
+        index = {"metadata": {"total_parameters": n_params, "total_size": total,
+                              "checkpoint_id": checkpoint_id},
                  "weight_map": dict(sorted(weight_map.items()))}
         text = json.dumps(index, indent=2, sort_keys=True) + "\n"
-        atomic_write(index_path, lambda f: f.write(text.encode("utf-8")))
-    # files of an earlier save under the same prefix would make the directory ambiguous
-    keep = set(names) | ({index_path.name} if len(shards) > 1 else set())
-    candidates = [*directory.glob(f"{prefix}-*-of-*.safetensors"), directory / f"{prefix}.safetensors",
-                  index_path]
-    for old in candidates:
-        if old.name not in keep and old.is_file():
-            old.unlink()
-    return [directory / n for n in names] + ([index_path] if len(shards) > 1 else [])
+        index_path = directory / f"{prefix}.safetensors.index.json"
+        atomic_write(index_path, lambda f: f.write(text.encode("utf-8")))  # the commit
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    return written + [index_path]
 
 
 # ---- MindSpore Cells ---------------------------------------------------------------------
@@ -441,7 +512,26 @@ def _problems(what: str, missing, unexpected, mismatched) -> str | None:
     return f"{what} does not match the model: " + "; ".join(parts) if parts else None
 
 
-def load_into(cell, named_arrays, *, what: str = "checkpoint", expected_names=None) -> None:
+_FINITE_CHUNK = 1 << 22  # values per np.isfinite call: 4 MiB of booleans at most
+
+
+def _non_finite(arr: np.ndarray, bits: bool = False) -> bool:
+    """True when a floating array (or bfloat16 bit patterns, `bits`) holds a NaN or an infinity;
+    read in chunks so that the check costs a few MiB, not a copy of the tensor."""
+    if not bits and arr.dtype.kind not in "fc":
+        return False
+    flat = arr.reshape(-1)
+    for i in range(0, flat.size, _FINITE_CHUNK):
+        chunk = flat[i:i + _FINITE_CHUNK]
+        if bits and ((chunk & 0x7F80) == 0x7F80).any():  # exponent all ones: inf or NaN
+            return True
+        if not bits and not np.isfinite(chunk).all():
+            return True
+    return False
+
+
+def load_into(cell, named_arrays, *, what: str = "checkpoint", expected_names=None,
+              check_finite: bool = True) -> None:
     """Assign arrays to `cell`'s parameters by name, strictly.
 
     named_arrays: a mapping or an iterable of (parameter name, numpy array or `BF16Bits`),
@@ -451,6 +541,11 @@ def load_into(cell, named_arrays, *, what: str = "checkpoint", expected_names=No
     `checkpoint_keys()` output translated to parameter names). Otherwise a stream that
     fails part way leaves the cell partly loaded. Each array is cast to its parameter's
     dtype; memory peaks at about one tensor beyond the model.
+
+    A tensor holding NaN or inf is a CheckpointError naming it (a corrupt file or a diverged
+    run would otherwise give flat images or text without a word); `check_finite=False` loads
+    it anyway. The check reads each tensor once more, at memory speed (10-14 GiB/s measured on
+    a 2-core CPU: about 1.5 s for the 8B LM's 17 GB of bf16 once its pages are read).
     """
     import mindspore as ms
 
@@ -483,6 +578,9 @@ def load_into(cell, named_arrays, *, what: str = "checkpoint", expected_names=No
         if tuple(arr.shape) != tuple(param.shape):
             mismatched.append((name, arr.shape, tuple(param.shape)))
             continue
+        if check_finite and _non_finite(arr, bits):
+            raise CheckpointError(f"{what}: {name} holds NaN or inf values: a corrupt checkpoint or a "
+                                  f"diverged run (load_into(..., check_finite=False) loads it anyway)")
         seen.add(name)
         # (ascontiguousarray turns a 0-d array into shape (1,): keep the shape, e.g. num_batches_tracked)
         tensor = ms.Tensor(np.ascontiguousarray(arr).reshape(arr.shape))
