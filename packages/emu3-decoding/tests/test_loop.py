@@ -150,3 +150,32 @@ def test_head_layout_changes_no_token(tiny_model, ids, monkeypatch):
     monkeypatch.setattr(device, "policy", lambda target=None: plain)
     for a, b in zip(run(), transposed):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("span", ["whole", "visual"])
+def test_decode_head_copy_is_made_once_and_follows_the_weights(tiny_model, ids, monkeypatch, span):
+    """On CPU the decoder multiplies with a W^T copy of lm_head rows: made once, reused while the
+    weights are unchanged, made again when they change (training, loading) so it is never stale."""
+    import mindspore as ms
+
+    vocab = tiny_model.config.vocab_size
+    start, stop = (0, vocab) if span == "whole" else (ids.visual_start, ids.visual_stop)
+    copies = []
+    real_rows = loop._rows
+    monkeypatch.setattr(loop, "_rows", lambda *a: copies.append(a[1:]) or real_rows(*a))
+    weight = tiny_model.lm_head.weight
+    original = weight.asnumpy().copy()
+    head = loop.decode_head(tiny_model, start, stop)
+    assert head.transposed  # the CPU policy
+    np.testing.assert_array_equal(head.weight.asnumpy(), original[start:stop].T)
+    assert loop.decode_head(tiny_model, start, stop) is head and len(copies) == 1  # reused, not copied
+    try:
+        changed = original.copy()
+        changed[start + 1, 3] += 0.5  # one weight changes
+        ops.assign(weight, ms.Tensor(changed))
+        again = loop.decode_head(tiny_model, start, stop)
+        assert len(copies) == 2
+        np.testing.assert_array_equal(again.weight.asnumpy(), changed[start:stop].T)
+    finally:
+        ops.assign(weight, ms.Tensor(original))
+        loop.decode_head(tiny_model, start, stop)

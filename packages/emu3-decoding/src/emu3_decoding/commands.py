@@ -4,7 +4,9 @@ Without --model the embedded demo model is used: a tiny LM and vision tokenizer 
 random weights, built on first use into the user cache; the output is noise, the pipeline is
 the real one. With --model DIR (an Emu3-Gen/-Chat checkpoint directory holding the tokenizer
 files), the vision tokenizer comes from --vq DIR, or from DIR itself for an -hf checkpoint.
-Output files appear only when complete (written to a temporary file, then renamed).
+Every input, output and option is checked before any model is loaded (the size of what is
+generated against the model's context too); an existing output is replaced only with
+--overwrite. Output files appear only when complete (written to a temporary file, then renamed).
 """
 
 from __future__ import annotations
@@ -12,10 +14,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from emu3_vq import media
-from emu3_vq.cli import UserError, progress
+from emu3_vq.cli import UserError, arg_type, check_outputs, int_at_least, progress
+
+
+def _guidance_scale(text: str) -> float:
+    """--cfg: a finite number, by the API's rule (imported here, on use: building the `emu3`
+    parser must not import MindSpore)."""
+    from .guidance import check_scale
+
+    return check_scale(float(text), "the guidance scale")
 
 
 def register(subparsers) -> None:
@@ -35,18 +46,21 @@ def register(subparsers) -> None:
                             "the --model directory for an -hf checkpoint)")
 
     def sampling(p, top_k=2048):
-        p.add_argument("--seed", type=int, default=None,
-                       help="random seed: the same seed gives the same output")
-        p.add_argument("--top-k", type=int, default=top_k, metavar="K",
+        p.add_argument("--seed", type=int_at_least(0), default=None,
+                       help="random seed, an integer >= 0: the same seed gives the same output")
+        p.add_argument("--top-k", type=int_at_least(0), default=top_k, metavar="K",
                        help=f"sample among the K most likely visual tokens (default: {top_k}; 0: all)")
+
+    def overwrite(p):
+        p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
     img = sub.add_parser("image", help="generate an image from a text prompt (PNG)")
     img.add_argument("prompt", metavar="PROMPT", help="what the image shows")
     img.add_argument("--ratio", default="1:1", metavar="W:H",
                      help="aspect ratio, width:height (default: 1:1)")
-    img.add_argument("--area", type=int, default=None, metavar="PIXELS",
+    img.add_argument("--area", type=int_at_least(1), default=None, metavar="PIXELS",
                      help="image area in pixels (default: the model's image_area, 720*720 for Emu3-Gen)")
-    img.add_argument("--cfg", type=float, default=3.0, metavar="SCALE",
+    img.add_argument("--cfg", type=arg_type(_guidance_scale), default=3.0, metavar="SCALE",
                      help="classifier-free guidance scale; 1 turns it off (default: 3.0)")
     img.add_argument("--negative", default=None, metavar="TEXT",
                      help="negative prompt for guidance (default: the original Emu3 one)")
@@ -55,13 +69,14 @@ def register(subparsers) -> None:
                           "way) instead of in the same batch")
     sampling(img)
     img.add_argument("--out", default="image.png", metavar="PATH", help="output PNG (default: image.png)")
+    overwrite(img)
     models(img)
     img.set_defaults(func=run_image)
 
     ans = sub.add_parser("answer", help="answer a question about an image (greedy)")
     ans.add_argument("image", metavar="IMAGE", help="image file")
     ans.add_argument("question", metavar="QUESTION")
-    ans.add_argument("--max-new-tokens", type=int, default=1024, metavar="N",
+    ans.add_argument("--max-new-tokens", type=int_at_least(1), default=1024, metavar="N",
                      help="longest answer in tokens (default: 1024)")
     models(ans)
     ans.set_defaults(func=run_answer)
@@ -73,10 +88,12 @@ def register(subparsers) -> None:
                      help="number of new frames, a multiple of 4")
     vid.add_argument("--prompt", default="", help="optional text describing the video")
     sampling(vid)
-    vid.add_argument("--fps", type=float, default=8.0, help="GIF frame rate (default: 8)")
+    vid.add_argument("--fps", type=arg_type(lambda text: media.check_fps(float(text))), default=8.0,
+                     help="GIF frame rate, 0.01 to 100 (default: 8)")
     vid.add_argument("--out", default="continued.gif", metavar="PATH",
                      help="output GIF of the new frames; the frames also go to <PATH stem>_frames/ "
                           "(default: continued.gif)")
+    overwrite(vid)
     models(vid)
     vid.set_defaults(func=run_video)
 
@@ -98,6 +115,8 @@ def _resolve_dirs(model_dir: str | None, vq_dir: str | None) -> tuple[Path, Path
             config = json.loads((lm / "config.json").read_text())
         except ValueError as exc:
             raise UserError(f"{lm / 'config.json'} is not valid JSON: {exc}") from None
+        if not isinstance(config, dict):
+            raise UserError(f"{lm / 'config.json'}: config must be a JSON object, got {type(config).__name__}")
         if "vq_config" not in config:
             raise UserError(f"{lm} holds no vision tokenizer: pass --vq DIR (e.g. BAAI/Emu3-VisionTokenizer)")
         return lm, lm
@@ -107,23 +126,52 @@ def _resolve_dirs(model_dir: str | None, vq_dir: str | None) -> tuple[Path, Path
     return lm, vq
 
 
-def load(model_dir: str | None = None, vq_dir: str | None = None):
-    """(model, processor) from checkpoint directories, or the embedded demo model."""
-    from emu3_lm.model import Emu3ForCausalLM
+@dataclass
+class Checkpoints:
+    """What the checks of a command need, read without loading any weights: the directories,
+    the LM config, the vision tokenizer's frames per latent frame, and a processor (tokenizer and
+    image processor) without its VQ model."""
+
+    lm: Path
+    vq: Path
+    config: object  # emu3_lm.config.Emu3LMConfig
+    temporal_factor: int
+    processor: object  # emu3_lm.processor.Emu3Processor, vq_model None
+
+
+def read_checkpoints(model_dir: str | None = None, vq_dir: str | None = None) -> Checkpoints:
+    """Configs and tokenizer of the checkpoints (or of the embedded demo model), no weights."""
+    from emu3_lm.config import Emu3LMConfig
     from emu3_lm.processor import Emu3Processor
     from emu3_lm.tokenizer import Emu3Tokenizer
-    from emu3_vq.model import Emu3VQModel
+    from emu3_vq.config import Emu3VQConfig
     from emu3_vq.processor import Emu3ImageProcessor
 
     lm, vq = _resolve_dirs(model_dir, vq_dir)
-    model = Emu3ForCausalLM.from_pretrained(lm)
-    tokenizer = Emu3Tokenizer.from_pretrained(lm)
+    config = Emu3LMConfig.from_json_file(lm / "config.json")
+    vq_config = Emu3VQConfig.from_json_file(vq / "config.json")
+    processor = Emu3Processor(Emu3ImageProcessor.from_pretrained(vq), None, Emu3Tokenizer.from_pretrained(lm),
+                              image_area=config.image_area)
+    return Checkpoints(lm, vq, config, int(vq_config.temporal_downsample_factor), processor)
+
+
+def load_models(checkpoints: Checkpoints):
+    """(model, processor): the weights of checked checkpoints."""
+    from emu3_lm.model import Emu3ForCausalLM
+    from emu3_lm.processor import Emu3Processor
+    from emu3_vq.model import Emu3VQModel
+
+    model = Emu3ForCausalLM.from_pretrained(checkpoints.lm)
     # compiled: even for a single decode on CPU, compiling and running the graph took a
     # quarter of the time of running op by op (tiny VQ, a 2-latent-frame video: 6.8 s vs 24 s)
-    vq_model = Emu3VQModel.from_pretrained(vq, jit=True)
-    processor = Emu3Processor(Emu3ImageProcessor.from_pretrained(vq), vq_model, tokenizer,
-                              image_area=model.config.image_area)
-    return model, processor
+    vq_model = Emu3VQModel.from_pretrained(checkpoints.vq, jit=True)
+    p = checkpoints.processor
+    return model, Emu3Processor(p.image_processor, vq_model, p.tokenizer, image_area=model.config.image_area)
+
+
+def load(model_dir: str | None = None, vq_dir: str | None = None):
+    """(model, processor) from checkpoint directories, or the embedded demo model."""
+    return load_models(read_checkpoints(model_dir, vq_dir))
 
 
 # ---- progress -----------------------------------------------------------------------------------
@@ -180,35 +228,42 @@ class ProgressBar:
 
 
 # ---- commands -----------------------------------------------------------------------------------
+#
+# Everything is checked before any model is loaded or any file written: each option when it is
+# parsed (its argparse type), then in each command its inputs, its outputs (emu3_vq.cli.
+# check_outputs: the overwrite policy of every `emu3` command), then, from the checkpoints'
+# configs and tokenizer, the size of what is generated against the model's context. The API
+# functions apply the same rules again (the same functions) when they are called.
 
-def _check_out(path: str, suffixes: tuple[str, ...]) -> Path:
+def _check_out(path: str, suffix: str, overwrite: bool, inputs=(), directories=()) -> Path:
+    """--out: its suffix, then the overwrite policy and writability of every output."""
     out = Path(path)
-    if out.suffix.lower() not in suffixes:
-        raise UserError(f"--out {out}: expected a {' or '.join(suffixes)} file name")
+    if out.suffix.lower() != suffix:
+        raise UserError(f"--out {out}: expected a {suffix} file name")
     if out.is_dir():
         raise UserError(f"--out {out} is a directory")
+    check_outputs([out], inputs=inputs, overwrite=overwrite, option="--out", directories=directories)
     return out
 
 
 def run_image(args) -> None:
     from emu3_lm.processor import parse_ratio
 
-    from .image import NEGATIVE_PROMPT, generate_image
+    from .image import NEGATIVE_PROMPT, POSITIVE_PROMPT, generate_image, image_prompts
 
-    parse_ratio(args.ratio)  # a clear error before any model is loaded
-    if args.area is not None and args.area <= 0:
-        raise UserError(f"--area must be positive, got {args.area}")
-    if args.top_k < 0:
-        raise UserError(f"--top-k must be >= 0, got {args.top_k}")
-    out = _check_out(args.out, (".png",))
-    model, processor = load(args.model, args.vq)
+    parse_ratio(args.ratio)
+    out = _check_out(args.out, ".png", args.overwrite)
+    checkpoints = read_checkpoints(args.model, args.vq)
+    negative = args.negative or NEGATIVE_PROMPT
+    image_prompts(checkpoints.config, checkpoints.processor, [args.prompt], [args.ratio], args.area, args.cfg,
+                  negative, POSITIVE_PROMPT)  # fits the model's context
+    model, processor = load_models(checkpoints)
     h, w = processor.generation_size(args.ratio, args.area or model.config.image_area)
     bar = ProgressBar(f"image {h}x{w} tokens")
     try:
         image = generate_image(model, processor, args.prompt, ratio=args.ratio, image_area=args.area,
-                               cfg_scale=args.cfg, negative_prompt=args.negative or NEGATIVE_PROMPT,
-                               top_k=args.top_k, seed=args.seed, batched_cfg=not args.unbatched_cfg,
-                               progress=bar)[0]
+                               cfg_scale=args.cfg, negative_prompt=negative, top_k=args.top_k, seed=args.seed,
+                               batched_cfg=not args.unbatched_cfg, progress=bar)[0]
     finally:
         bar.close()
     media.save_png(image, out)
@@ -218,13 +273,11 @@ def run_image(args) -> None:
 def run_answer(args) -> None:
     from .vqa import answer
 
-    media.image_size(args.image)  # exists and is readable, before loading models
-    if args.max_new_tokens < 1:
-        raise UserError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
+    image = media.load_image(args.image)  # a file, readable, decoded: before loading models
     model, processor = load(args.model, args.vq)
     bar = ProgressBar("answer", rows_label="done")
     try:
-        text = answer(model, processor, args.image, args.question, max_new_tokens=args.max_new_tokens,
+        text = answer(model, processor, image, args.question, max_new_tokens=args.max_new_tokens,
                       progress=bar)
     finally:
         bar.close()
@@ -232,21 +285,24 @@ def run_answer(args) -> None:
 
 
 def run_video(args) -> None:
-    from .video import continue_video
+    from .video import check_continuation, continue_video
 
+    if args.n_frames < 4 or args.n_frames % 4:
+        raise UserError(f"--frames must be a positive multiple of 4, got {args.n_frames}")
     source = Path(args.frames)
     if not source.exists():
         raise FileNotFoundError(f"frames not found: {source}")
-    count, _ = media.video_info(source)
+    count, size = media.check_video(source)  # every frame read, one size
     if count % 4:
         raise UserError(f"{source} has {count} frames; video continuation needs a multiple of 4 "
                         f"(drop {count % 4} or add {4 - count % 4})")
-    if args.n_frames < 4 or args.n_frames % 4:
-        raise UserError(f"--frames must be a positive multiple of 4, got {args.n_frames}")
-    if args.top_k < 0:
-        raise UserError(f"--top-k must be >= 0, got {args.top_k}")
-    out = _check_out(args.out, (".gif",))
-    model, processor = load(args.model, args.vq)
+    out = Path(args.out)
+    frames_dir = out.parent / f"{out.stem}_frames"
+    _check_out(args.out, ".gif", args.overwrite, inputs=[source], directories=[frames_dir])
+    checkpoints = read_checkpoints(args.model, args.vq)
+    check_continuation(checkpoints.config, checkpoints.processor, size, count, args.n_frames,
+                       checkpoints.temporal_factor, args.prompt)  # fits the model's context
+    model, processor = load_models(checkpoints)
     frames = media.load_frames(source)
     bar = ProgressBar(f"video +{args.n_frames} frames")
     try:
@@ -254,8 +310,7 @@ def run_video(args) -> None:
                              seed=args.seed, progress=bar)
     finally:
         bar.close()
-    frames_dir = out.parent / f"{out.stem}_frames"
     media.save_frames(new, frames_dir)
-    media.save_gif(new, out, fps=args.fps)
+    media.save_gif(new, out, fps=args.fps)  # last: the GIF there means the frames are complete
     print(out)
     print(frames_dir)

@@ -21,6 +21,14 @@ from __future__ import annotations
 
 from mindspore import ops
 
+from .sampling import finite
+
+
+def check_scale(scale, name: str = "cfg_scale") -> float:
+    """The guidance scale as a float: any finite number (1.0: no guidance). NaN or inf would make
+    every guided row NaN, and the sampler would draw code 0 at every step: a flat image."""
+    return finite(scale, name)
+
 
 def guide(cond, uncond, scale: float):
     """Guided log-probabilities [B, n] from cond and uncond logits [B, n] over the same slice."""

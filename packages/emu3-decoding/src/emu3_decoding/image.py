@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from emu3_lm.blocks import VisualIds, extract_codes, image_table
+from emu3_lm.blocks import VisualIds, extract_codes, image_table, num_generated_tokens
 
 from .constraint import stack_tables
-from .loop import Progress, generate
-from .sampling import Sampling
+from .guidance import check_scale
+from .loop import Progress, check_context, generate
+from .sampling import Sampling, check_seed
 
 POSITIVE_PROMPT = " masterpiece, film grained, best quality."
 NEGATIVE_PROMPT = (
@@ -40,6 +41,25 @@ def sampled_range(model, processor) -> tuple[VisualIds, tuple[int, int]]:
     return ids, (ids.visual_start, stop)
 
 
+def image_prompts(config, processor, prompts: list[str], ratios: list[str], image_area, cfg_scale: float,
+                  negative_prompt: str, positive_suffix: str = POSITIVE_PROMPT):
+    """(sizes in tokens, prompt ids, negative prompt ids or None) of a batch of images, checked
+    against the model's context (`config.max_position_embeddings`) before anything of the images'
+    size is allocated: an image_area of 10^12 would otherwise ask numpy for a constraint table of
+    10^10 entries. Needs the tokenizer and the spatial factor only, no weights, so the `emu3
+    generate image` command runs it before loading the models."""
+    area = config.image_area if image_area is None else image_area
+    sizes = [processor.generation_size(r, area) for r in ratios]
+    cond = [processor.generation_prompt_ids(p + positive_suffix, h, w) for p, (h, w) in zip(prompts, sizes)]
+    neg = None
+    if cfg_scale != 1.0:
+        neg = [processor.generation_prompt_ids(negative_prompt, h, w) for h, w in sizes]
+    h, w = max(sizes, key=lambda size: num_generated_tokens(*size))
+    check_context(config, max(len(p) for p in cond + (neg or [])), num_generated_tokens(h, w),
+                  hint=f"an image of {h}x{w} tokens is too large: use a smaller image_area (--area)")
+    return sizes, cond, neg
+
+
 def generate_image(model, processor, prompt, ratio="1:1", image_area: int | None = None,
                    cfg_scale: float = 3.0, negative_prompt: str = NEGATIVE_PROMPT, top_k: int = 2048,
                    seed: int | None = None, batched_cfg: bool = True,
@@ -61,16 +81,13 @@ def generate_image(model, processor, prompt, ratio="1:1", image_area: int | None
     ratios = [ratio] * len(prompts) if isinstance(ratio, str) else list(ratio)
     if len(ratios) != len(prompts):
         raise ValueError(f"{len(ratios)} ratios given for {len(prompts)} prompts")
-    area = model.config.image_area if image_area is None else int(image_area)
-    ids, vocab_range = sampled_range(model, processor)
-
-    sizes = [processor.generation_size(r, area) for r in ratios]
-    cond = [processor.generation_prompt_ids(p + positive_suffix, h, w) for p, (h, w) in zip(prompts, sizes)]
-    neg = None
-    if cfg_scale != 1.0:
-        neg = [processor.generation_prompt_ids(negative_prompt, h, w) for h, w in sizes]
-    table = stack_tables([image_table(h, w, ids) for h, w in sizes], ids.pad)
+    cfg_scale = check_scale(cfg_scale)
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p)
+    check_seed(seed)
+    ids, vocab_range = sampled_range(model, processor)
+    sizes, cond, neg = image_prompts(model.config, processor, prompts, ratios, image_area, cfg_scale,
+                                     negative_prompt, positive_suffix)
+    table = stack_tables([image_table(h, w, ids) for h, w in sizes], ids.pad)
     tokens = generate(model, cond, negative_prompts=neg, cfg_scale=cfg_scale, batched_cfg=batched_cfg,
                       table=table, vocab_range=vocab_range, sampling=sampling, seed=seed, progress=progress,
                       eos_id=ids.eos, pad_id=ids.pad, eol_id=ids.eol)

@@ -8,10 +8,15 @@ and reused for every step:
     -> forced token where the constraint table says so  ->  pad after eos
 
 Per-step inputs are Tensors (the step number); the constraint table, the uniforms of the
-sampler and the done flags live on the device, so the host does no work that grows with the
+sampler and the state of each row live on the device, so the host does no work that grows with the
 vocabulary or the sequence. Steps whose next token is forced for every row (eol, eof, ...) run
 the decode step alone, without logits; tokens after the last sampled position need no forward
 at all (an image ends with eol, eof, eoi, eos: all known).
+
+The state of a row also records scores that were not finite (NaN or inf: broken weights, an
+fp16 overflow): BROKEN stops the row like eos, and the host, which reads the states after the
+first sampled position and at the end (and at each step of free text, which it reads anyway),
+raises instead of returning tokens drawn from NaN.
 
 Prompts are left-padded to a multiple of PROMPT_ROUND tokens and caches sized in multiples of
 CACHE_ROUND slots, so calls with prompts of nearby lengths reuse every compiled graph.
@@ -23,6 +28,7 @@ second cache). See guidance.py for the formula.
 
 from __future__ import annotations
 
+import numbers
 import time
 import weakref
 from collections.abc import Callable
@@ -34,9 +40,11 @@ from emu3_vq import device
 from mindspore import Parameter, Tensor, nn, ops
 
 from .constraint import FREE
-from .guidance import guide, left_pad
-from .sampling import GREEDY, Sampling, sample, uniforms
+from .guidance import check_scale, guide, left_pad
+from .sampling import GREEDY, Sampling, check_seed, sample, uniforms
 
+# the state of a row during decoding (an int32 per row, on the device); a row stops at DONE or BROKEN
+RUNNING, DONE, BROKEN = 0, 1, 2  # BROKEN: its scores were not finite
 CACHE_ROUND = 256  # cache lengths are rounded up so that similar prompts reuse compiled graphs
 PROMPT_ROUND = 64  # prompts are left-padded to a multiple of this: one prefill graph per bucket
 
@@ -79,6 +87,7 @@ class _Head(nn.Cell):
         super().__init__()
         self.transposed = transposed
         self.weight = Parameter(weight, name="decode_head", requires_grad=False)
+        self.fingerprint = None  # of the model's lm_head when the copy was made (decode_head)
 
 
 class StepGraphs(nn.Cell):
@@ -134,23 +143,30 @@ class StepGraphs(nn.Cell):
             return guide(logits, self.matmul(hu.astype(w.dtype), w).astype(ms.float32), self.scale)
         return logits
 
-    def _pick(self, h, hu, step, table, u_all, done):
+    def _pick(self, h, hu, step, table, u_all, state):
+        """The tokens of position `step` and the new state of each row (RUNNING, DONE after eos,
+        BROKEN when its scores are not finite). NaN or inf anywhere in a row makes its sum so: one
+        reduction in the graph, no extra input or output, no host read."""
         forced = ops.gather(table, step, 0)
-        idx = sample(self._scores(h, hu), ops.gather(u_all, step, 0), self.sampling)
+        scores = self._scores(h, hu)
+        idx = sample(scores, ops.gather(u_all, step, 0), self.sampling)
         tok = ops.where(forced >= 0, forced, idx + self.start)
-        tok = ops.where(done, ops.full_like(tok, self.pad), tok)
-        return tok, ops.logical_or(done, tok == self.eos)
+        stopped = state > RUNNING
+        tok = ops.where(stopped, ops.full_like(tok, self.pad), tok)
+        broken = ops.logical_and(ops.logical_not(stopped), ops.logical_not(ops.isfinite(scores.sum(-1))))
+        new = ops.maximum((tok == self.eos).astype(state.dtype) * DONE, broken.astype(state.dtype) * BROKEN)
+        return tok, ops.maximum(state, new)
 
     @ms.jit
-    def first(self, h, hu, step, table, u_all, done):
+    def first(self, h, hu, step, table, u_all, state):
         """The token of position 0 from the prefill's hidden states."""
-        return self._pick(h, hu, step, table, u_all, done)
+        return self._pick(h, hu, step, table, u_all, state)
 
     @ms.jit
-    def _step(self, tokens, slot, slot_u, step, table, u_all, done):
+    def _step(self, tokens, slot, slot_u, step, table, u_all, state):
         h, hu, kv = self._forward(tokens, slot, slot_u)
-        tok, done = self._pick(h, hu, step, table, u_all, done)
-        return tok, done, kv
+        tok, state = self._pick(h, hu, step, table, u_all, state)
+        return tok, state, kv
 
     @ms.jit
     def _feed(self, tokens, slot, slot_u):
@@ -168,10 +184,10 @@ class StepGraphs(nn.Cell):
 
     # -- host side --
 
-    def step(self, tokens, slot, slot_u, step, table, u_all, done):
+    def step(self, tokens, slot, slot_u, step, table, u_all, state):
         """Decode the previous tokens at cache slot `slot` (and `slot_u`), pick position `step`."""
-        tok, done, _ = self._step(tokens, slot, slot_u, step, table, u_all, done)
-        return tok, done
+        tok, state, _ = self._step(tokens, slot, slot_u, step, table, u_all, state)
+        return tok, state
 
     def feed(self, tokens, slot, slot_u) -> None:
         """Decode the previous tokens only (the next position is forced for every row)."""
@@ -226,28 +242,43 @@ def _rows(w, start: int, stop: int, transposed: bool) -> Tensor:
     return w[start:stop].T.copy()
 
 
+@ms.jit
+def _fingerprint(w):
+    """Sum and sum of squares of a weight, in fp32, compiled: one read of it (about 20 ms for
+    the whole head at bench-1b), against seconds to copy and turn it again."""
+    w = w.astype(ms.float32)
+    return ops.stack((w.sum(), (w * w).sum()))
+
+
 def decode_head(model, start: int, stop: int):
     """What a decoder multiplies with for lm_head rows [start, stop): a Cell with `weight` and
     `transposed` (weight is W^T [hidden, n] when True, else W [n, hidden]).
 
-    The whole vocabulary: the model's own lm_head. A slice: a copy of its rows, held as W^T
-    where the device policy says so (CPU), refreshed from the model's weights at every call so
-    that it is never stale; one copy is kept per model. A slice is copied anyway (slicing inside
-    the step graph would copy it at every step), so turning it costs little (0.75 s against
-    0.65 s untransposed for the 32768 visual rows at hidden 1024); turning the whole head costs 2-9 s a call, more than a
-    short answer gains, so the whole vocabulary is multiplied as the checkpoint holds it.
+    Where the device policy keeps decoder heads transposed (CPU), a copy of the rows held as W^T,
+    whole vocabulary included (MindSpore 2.10's CPU MatMul multiplies the 184622-row head 1.5-2.5x
+    faster from W^T than from W with transpose_b: docs/mindspore_cpu.md); elsewhere the model's
+    own lm_head for the whole vocabulary, a contiguous copy for a slice (a slice taken inside the
+    step graph would be copied at every step). One copy is kept per model, made once (turning the
+    whole head takes seconds) and made again only when the weights changed: each call compares a
+    fingerprint of the model's lm_head (sum and sum of squares) with the copy's, so training or
+    loading new weights in between is never missed.
     """
-    if start == 0 and stop == model.config.vocab_size:
-        return model.lm_head
     transposed = device.policy().transposed_head
-    rows = _rows(model.lm_head.weight, start, stop, transposed)
+    if start == 0 and stop == model.config.vocab_size and not transposed:
+        return model.lm_head
+    weight = model.lm_head.weight
+    fingerprint = tuple(float(v) for v in _fingerprint(weight).asnumpy())
+    key = (start, stop, transposed)
     heads = _state(model)["heads"]
-    head = heads.get((start, stop, transposed))
-    if head is None:
-        heads.clear()  # one copy at a time: it can be large
-        head = heads[(start, stop, transposed)] = _Head(rows, transposed)
-    else:
-        ops.assign(head.weight, rows)
+    head = heads.get(key)
+    if head is None or head.fingerprint != fingerprint:
+        rows = _rows(weight, start, stop, transposed)
+        if head is None:
+            heads.clear()  # one copy at a time: it can be large
+            head = heads[key] = _Head(rows, transposed)
+        else:
+            ops.assign(head.weight, rows)
+        head.fingerprint = fingerprint
     return head
 
 
@@ -272,6 +303,31 @@ class Setup:
     hu: Tensor  # uncond hidden states (unbatched guidance), else h
     slot0: int  # first free cache slot (the padded prompt length)
     slot0_u: int
+
+
+def check_context(config, prompt_tokens: int, new_tokens: int, hint: str = "") -> None:
+    """The one check that a prompt and what is generated after it fit the model's context; run
+    before anything of that size is allocated (a table, a cache). `hint` says what to change."""
+    if prompt_tokens + new_tokens > config.max_position_embeddings:
+        raise ValueError(f"a prompt of {prompt_tokens} tokens plus {new_tokens} generated tokens exceeds the "
+                         f"model's context of {config.max_position_embeddings} positions"
+                         + (f"; {hint}" if hint else ""))
+
+
+def check_max_new_tokens(n, name: str = "max_new_tokens") -> int:
+    """The length limit of free text: a positive int."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"{name} must be a positive int, got {n!r}")
+    return int(n)
+
+
+def _check_finite(states: np.ndarray) -> None:
+    """Raise if any row is BROKEN: its scores were not finite at some step."""
+    rows = np.nonzero(states == BROKEN)[0]
+    if len(rows):
+        raise ValueError(f"generation stopped: the model's logits are not finite (NaN or inf) for row(s) "
+                         f"{', '.join(map(str, rows.tolist()))}; its weights or activations are broken "
+                         f"(a damaged checkpoint, or an fp16 overflow)")
 
 
 def _as_rows(prompts) -> list[list[int]]:
@@ -301,6 +357,9 @@ def prefill(model, prompts, negative_prompts=None, *, cfg_scale: float = 1.0, ba
     (sizes the cache). vocab_range: the lm_head rows that are sampled (default: all).
     """
     cfg = model.config
+    cfg_scale = check_scale(cfg_scale)
+    if not isinstance(sampling, Sampling):
+        raise TypeError(f"sampling must be a Sampling, got {type(sampling).__name__}")
     prompts = _as_rows(prompts)
     b = len(prompts)
     guided = cfg_scale != 1.0
@@ -316,10 +375,7 @@ def prefill(model, prompts, negative_prompts=None, *, cfg_scale: float = 1.0, ba
     pad = cfg.pad_token_id if pad_id is None else pad_id
     eos = cfg.eos_token_id if eos_id is None else eos_id
 
-    longest = max(len(p) for p in prompts + (negative_prompts or []))
-    if longest + new_tokens > cfg.max_position_embeddings:
-        raise ValueError(f"a prompt of {longest} tokens plus {new_tokens} generated tokens exceeds the "
-                         f"model's context of {cfg.max_position_embeddings} positions")
+    check_context(cfg, max(len(p) for p in prompts + (negative_prompts or [])), new_tokens)
     mode = "plain" if not guided else ("batched" if batched_cfg else "unbatched")
     settings = StepSettings(start, stop, sampling, float(cfg_scale), mode, int(eos), int(pad))
 
@@ -344,13 +400,14 @@ def prefill(model, prompts, negative_prompts=None, *, cfg_scale: float = 1.0, ba
     return Setup(graphs, h, hu, len(ids[0]), slot0_u)
 
 
-def decode_one_token(setup: Setup, tokens, step: int, table, u_all, done):
-    """Position `step` from the tokens of position step-1: one compiled graph."""
+def decode_one_token(setup: Setup, tokens, step: int, table, u_all, state):
+    """Position `step` from the tokens of position step-1: one compiled graph. Returns the
+    tokens and the rows' states (RUNNING, DONE, BROKEN)."""
     g = setup.graphs
     if step == 0:
-        return g.first(setup.h, setup.hu, Tensor(0, ms.int32), table, u_all, done)
+        return g.first(setup.h, setup.hu, Tensor(0, ms.int32), table, u_all, state)
     slot, slot_u = Tensor(setup.slot0 + step - 1, ms.int32), Tensor(setup.slot0_u + step - 1, ms.int32)
-    return g.step(tokens, slot, slot_u, Tensor(step, ms.int32), table, u_all, done)
+    return g.step(tokens, slot, slot_u, Tensor(step, ms.int32), table, u_all, state)
 
 
 def decode_n_tokens(setup: Setup, table: np.ndarray, *, seed: int | None = None, stop_at_eos: bool = False,
@@ -360,7 +417,10 @@ def decode_n_tokens(setup: Setup, table: np.ndarray, *, seed: int | None = None,
 
     Returns the tokens [B, N] int64. Forced positions are written without logits; decoding
     stops after the last FREE position, or, with `stop_at_eos`, once every row has emitted eos
-    (the remaining positions are then pad).
+    (the remaining positions are then pad). Scores that are not finite raise ValueError, checked
+    after the first sampled position (broken weights show there, before minutes of decoding), at
+    the end, and for free text at each step (whose states the loop reads anyway): no host read
+    per step that the loop did not already make.
     """
     g = setup.graphs
     b, n = table.shape
@@ -370,7 +430,7 @@ def decode_n_tokens(setup: Setup, table: np.ndarray, *, seed: int | None = None,
     out = table.astype(np.int64).copy()
     table_dev = Tensor(np.ascontiguousarray(table.T, dtype=np.int32))  # [N, B]: one row per step
     u_all = Tensor(uniforms(seed, n, b) if not g.sampling.greedy else np.zeros((n, b), np.float32))
-    done = Tensor(np.zeros(b, dtype=np.bool_))
+    state = Tensor(np.full(b, RUNNING, dtype=np.int32))
     started = time.perf_counter() if started is None else started
     eol_pos = np.nonzero(table[0] == eol_id)[0] if eol_id is not None else np.zeros(0, np.int64)
     rows = len(eol_pos) if eol_id is not None else b
@@ -379,15 +439,18 @@ def decode_n_tokens(setup: Setup, table: np.ndarray, *, seed: int | None = None,
     finished_at = n
     for t in range(last + 1):
         if free[t]:
-            tokens, done = decode_one_token(setup, tokens, t, table_dev, u_all, done)
+            tokens, state = decode_one_token(setup, tokens, t, table_dev, u_all, state)
+            if not sampled:
+                _check_finite(state.asnumpy())
             sampled.append((t, tokens))
         else:
             if t > 0:
                 g.feed(tokens, Tensor(setup.slot0 + t - 1, ms.int32), Tensor(setup.slot0_u + t - 1, ms.int32))
             tokens = Tensor(table[:, t].astype(np.int32))
         if stop_at_eos:
-            flags = done.asnumpy()
-            rows_done = int(flags.sum())
+            states = state.asnumpy()
+            _check_finite(states)
+            rows_done = int((states != RUNNING).sum())
         else:
             rows_done = int(np.searchsorted(eol_pos, t, side="right"))
         if progress is not None:
@@ -396,6 +459,7 @@ def decode_n_tokens(setup: Setup, table: np.ndarray, *, seed: int | None = None,
         if stop_at_eos and rows_done == b:
             finished_at = t + 1
             break
+    _check_finite(state.asnumpy())
     for t, tok in sampled:
         out[:, t] = tok.asnumpy()
     if finished_at < n:
@@ -420,6 +484,7 @@ def generate(model, prompts, *, negative_prompts=None, cfg_scale: float = 1.0, b
     """
     started = time.perf_counter()
     cfg = model.config
+    check_seed(seed)
     prompts = _as_rows(prompts)
     b = len(prompts)
     if table is not None:
@@ -433,8 +498,7 @@ def generate(model, prompts, *, negative_prompts=None, cfg_scale: float = 1.0, b
         eol_id = cfg.eol_token_id if eol_id is None else eol_id  # image rows, for progress
         stop_at_eos = False
     else:
-        if max_new_tokens is None or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens}")
+        check_max_new_tokens(max_new_tokens)
         room = cfg.max_position_embeddings - max(len(p) for p in prompts + list(negative_prompts or []))
         if room < 1:
             raise ValueError(f"the prompt fills the model's context of {cfg.max_position_embeddings} "

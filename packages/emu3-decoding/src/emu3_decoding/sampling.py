@@ -13,12 +13,55 @@ one), then sample from the softmax of what is left.
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from dataclasses import dataclass
 
 import mindspore as ms
 import numpy as np
 from mindspore import ops
+
+
+def finite(value, name: str) -> float:
+    """`value` as a float, or ValueError naming `name` unless it is a finite number. NaN passes
+    every comparison-based range check (`nan < 0` is False), then turns every logit into NaN:
+    argmax picks token 0 at each step and the result is a flat image, without an error."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def check_temperature(value, name: str = "temperature") -> float:
+    """A finite number >= 0 (0: greedy)."""
+    value = finite(value, name)
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+def check_top_k(value, name: str = "top_k") -> int:
+    """An integer >= 0 (0: off)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    return int(value)
+
+
+def check_top_p(value, name: str = "top_p") -> float:
+    """A finite number in (0, 1] (1: off)."""
+    value = finite(value, name)
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"{name} must be in (0, 1], got {value}")
+    return value
+
+
+def check_seed(seed, name: str = "seed") -> int | None:
+    """None (a fresh seed from the operating system) or an integer >= 0, numpy's seeds."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {seed!r}")
+    return int(seed)
 
 
 @dataclass(frozen=True)
@@ -30,12 +73,9 @@ class Sampling:
     top_p: float = 1.0  # 1.0: off
 
     def __post_init__(self):
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        object.__setattr__(self, "temperature", check_temperature(self.temperature))
+        object.__setattr__(self, "top_k", check_top_k(self.top_k))
+        object.__setattr__(self, "top_p", check_top_p(self.top_p))
 
     @property
     def greedy(self) -> bool:
@@ -50,6 +90,7 @@ def uniforms(seed: int | None, steps: int, batch: int) -> np.ndarray:
 
     seed None draws a fresh seed from the operating system.
     """
+    seed = check_seed(seed)
     if seed is None:
         seed = int.from_bytes(os.urandom(8), "little")
     rng = np.random.default_rng(seed)

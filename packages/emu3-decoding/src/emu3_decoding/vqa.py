@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .loop import Progress, generate
-from .sampling import GREEDY, Sampling
+from .loop import Progress, check_max_new_tokens, generate
+from .sampling import GREEDY, Sampling, check_seed
 
 
 def _load(image):
@@ -28,9 +28,12 @@ def answer(model, processor, image, question: str, max_new_tokens: int = 1024, *
            sampling: Sampling = GREEDY, seed: int | None = None,
            progress: Callable[[Progress], None] | None = None) -> str:
     """Answer `question` about `image` (a PIL image or a path); greedy unless `sampling` says
-    otherwise. Stops at eos or after max_new_tokens (or at the end of the model's context)."""
+    otherwise. Stops at eos or after max_new_tokens (or at the end of the model's context).
+    The arguments are checked before the image is encoded."""
     if not isinstance(question, str):
         raise TypeError(f"question must be a string, got {type(question).__name__}")
+    check_max_new_tokens(max_new_tokens)
+    check_seed(seed)
     codes = processor.encode_images([_load(image)])[0]
     prompt = processor.understanding_prompt_ids(question, codes)
     tok = processor.tokenizer
