@@ -2,7 +2,7 @@
 
     python tools/bench/bench_decoding.py --out bench-results/decoding.json [--size 32] [--threads N]
 
-One process, the LM preset 'bench-1b' of shared/BENCH.md (real vocabulary, 468 M parameters)
+One process, the LM preset 'bench-1b' of docs/benchmarks.md (real vocabulary, 468 M parameters)
 with the peer's random weights (transformers' Emu3ForCausalLM, saved by `save_pretrained` and
 loaded with our `Emu3ForCausalLM.from_pretrained`), and the real VQ architecture, likewise.
 

@@ -2,7 +2,7 @@
 
     python tools/bench/bench_lm.py --out bench-results/lm.json [--threads 2] [--config bench-1b]
 
-One process, the 'bench-1b' config of shared/BENCH.md by default (real vocabulary, fp32), the
+One process, the 'bench-1b' config of docs/benchmarks.md by default (real vocabulary, fp32), the
 peer's random weights copied into ours. Measures prefill tokens/s (64- and 512-token prompts),
 greedy decode tokens/s after a 64-token prompt, per-token decode latency (greedy step: forward,
 full-vocabulary logits, argmax) at contexts 512/2048/8192 with the cache filled with random

@@ -3,8 +3,10 @@
     python tools/bench/bench_train.py --out bench-results/train.json [--threads 2] [--skip-1b] [--skip-zero]
 
 Throughput: tokens/s of whole optimiser steps (forward, backward, global-norm clipping, AdamW)
-on one batch, fp32, dropout off, side by side in one process, in turns (ours, peer, ours, ...)
-so that load from other processes hits both alike; the best of the rounds each. Two configs:
+on one batch, fp32, dropout off, in one run; the best of the rounds each. The small config runs
+both sides in one process, in turns (ours, peer, ours, ...) so that load from other processes
+hits both alike; bench-1b runs each side in a fresh process of its own, one after the other
+(both models with their gradients and AdamW state do not fit 24 GB together). Two configs:
 "small" (hidden 256, 4 layers, 4/2 heads, the real vocabulary of 184622: the head and its loss
 are a large part of the step) and "bench-1b" (the LM bench config, 468 M parameters) with
 recompute on both sides (`layer.recompute()` / `gradient_checkpointing_enable()`). The peer
@@ -47,45 +49,58 @@ def make_batch(cfg, batch: int, length: int, seed: int = 0) -> dict[str, np.ndar
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def throughput(name: str, cfg, batch: int, length: int, recompute: bool, rounds: int, threads: int) -> dict:
-    import mindspore as ms
+def _peer_model(cfg):
     import torch
     import transformers
-    from emu3_lm.model import Emu3ForCausalLM
-    from emu3_train.engine import EngineConfig, TrainEngine
 
     torch.manual_seed(0)
-    peer = transformers.Emu3ForCausalLM(transformers.Emu3TextConfig(
+    return transformers.Emu3ForCausalLM(transformers.Emu3TextConfig(
         vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
         num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
         num_key_value_heads=cfg.num_key_value_heads, max_position_embeddings=cfg.max_position_embeddings,
         rms_norm_eps=cfg.rms_norm_eps, pad_token_id=cfg.pad_token_id, bos_token_id=cfg.bos_token_id,
         eos_token_id=cfg.eos_token_id, attention_dropout=0.0,
         rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta}))
+
+
+def ours_stepper(cfg, state: dict, data: dict, recompute: bool):
+    """A function running one optimiser step of ours (TrainEngine) -> (seconds, loss)."""
+    import mindspore as ms
+    from emu3_lm.model import Emu3ForCausalLM
+    from emu3_train.engine import EngineConfig, TrainEngine
+
     ours = Emu3ForCausalLM(cfg, dtype=ms.float32, init_weights=False)
-    ours.load_state_dict({k: v.detach().numpy() for k, v in peer.state_dict().items()})
+    ours.load_state_dict(state)
     if recompute:
-        peer.gradient_checkpointing_enable()
         for layer in ours.model.layers:
             layer.recompute()
-    peer.train()
     engine = TrainEngine(ours, EngineConfig(clip_grad_norm=5.0, weight_decay=0.1))
+
+    def step():
+        t = time.perf_counter()
+        result = engine.step([data], 1e-5)
+        return time.perf_counter() - t, result.loss
+
+    return step
+
+
+def peer_stepper(peer, data: dict, recompute: bool):
+    """One optimiser step of the peer: transformers' loss, backward, clip_grad_norm_, AdamW."""
+    import torch
+    import transformers
+
+    if recompute:
+        peer.gradient_checkpointing_enable()
+    peer.train()
     decay = set(transformers.Trainer.get_decay_parameter_names(None, peer))
     params = dict(peer.named_parameters())
     opt = torch.optim.AdamW([{"params": [p for n, p in params.items() if n in decay], "weight_decay": 0.1},
                              {"params": [p for n, p in params.items() if n not in decay], "weight_decay": 0.0}],
                             lr=1e-5, betas=(0.9, 0.95), eps=1e-6)
-    data = make_batch(cfg, batch, length)
     t_ids, t_mask = torch.tensor(data["input_ids"], dtype=torch.long), torch.tensor(data["attention_mask"])
     t_labels = torch.tensor(data["labels"], dtype=torch.long)
-    tokens = batch * length
 
-    def ours_step():
-        t = time.perf_counter()
-        result = engine.step([data], 1e-5)
-        return time.perf_counter() - t, result.loss
-
-    def peer_step():
+    def step():
         t = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         out = peer(input_ids=t_ids, attention_mask=t_mask, labels=t_labels)
@@ -94,6 +109,25 @@ def throughput(name: str, cfg, batch: int, length: int, recompute: bool, rounds:
         opt.step()
         return time.perf_counter() - t, float(out.loss.detach())
 
+    return step
+
+
+def _row(name, batch, length, recompute, ours_t, peer_t, losses, placement) -> dict:
+    tokens = batch * length
+    o, p = tokens / min(ours_t), tokens / min(peer_t)
+    print(f"  {name}: ours {o:.1f} tokens/s, peer {p:.1f} tokens/s ({o / p:.2f}x)", flush=True)
+    return {"case": f"train step, {name}, {batch} x {length} tokens" + (", recompute" if recompute else ""),
+            "ours": o, "peer": p, "unit": "tokens/s", "ratio": o / p, "first_losses": losses,
+            "placement": placement}
+
+
+def throughput(name: str, cfg, batch: int, length: int, recompute: bool, rounds: int) -> dict:
+    """Both sides in this process, in turns (ours, peer, ours, ...), so load hits both alike."""
+    peer = _peer_model(cfg)
+    data = make_batch(cfg, batch, length)
+    ours_step = ours_stepper(cfg, {k: v.detach().numpy() for k, v in peer.state_dict().items()}, data,
+                             recompute)
+    peer_step = peer_stepper(peer, data, recompute)
     first_ours, first_peer = ours_step(), peer_step()  # compile, allocate moments
     print(f"  {name}: first step ours {first_ours[0]:.1f} s (compiles), peer {first_peer[0]:.1f} s; "
           f"losses {first_ours[1]:.5f} / {first_peer[1]:.5f}", flush=True)
@@ -101,11 +135,45 @@ def throughput(name: str, cfg, batch: int, length: int, recompute: bool, rounds:
     for _ in range(rounds):
         ours_t.append(ours_step()[0])
         peer_t.append(peer_step()[0])
-    o, p = tokens / min(ours_t), tokens / min(peer_t)
-    print(f"  {name}: ours {o:.1f} tokens/s, peer {p:.1f} tokens/s ({o / p:.2f}x)", flush=True)
-    return {"case": f"train step, {name}, {batch} x {length} tokens" + (", recompute" if recompute else ""),
-            "ours": o, "peer": p, "unit": "tokens/s", "ratio": o / p,
-            "first_losses": [first_ours[1], first_peer[1]]}
+    return _row(name, batch, length, recompute, ours_t, peer_t, [first_ours[1], first_peer[1]], "one process")
+
+
+def one_side(side: str, preset: str, batch: int, length: int, recompute: bool, rounds: int) -> dict:
+    """One side alone in this process (a model this size, its gradients and AdamW state twice
+    over would not fit 24 GB): the same weights (the peer's seed), the same batch."""
+    from emu3_lm.config import Emu3LMConfig
+
+    cfg = Emu3LMConfig.from_name(preset, attention_dropout=0.0)
+    peer = _peer_model(cfg)
+    data = make_batch(cfg, batch, length)
+    if side == "ours":
+        state = {k: v.detach().numpy() for k, v in peer.state_dict().items()}
+        del peer
+        step = ours_stepper(cfg, state, data, recompute)
+        del state
+    else:
+        step = peer_stepper(peer, data, recompute)
+    first = step()
+    times = [step()[0] for _ in range(rounds)]
+    return {"first": first, "times": times}
+
+
+def throughput_apart(name: str, preset: str, batch: int, length: int, recompute: bool, rounds: int,
+                     threads: int) -> dict:
+    """Each side in a fresh process of its own, one after the other, in one run."""
+    res = {}
+    for side in ("ours", "peer"):
+        out = subprocess.run([sys.executable, __file__, "--one-side", side, "--preset", preset,
+                              "--batch", str(batch), "--length", str(length), "--rounds", str(rounds),
+                              "--threads", str(threads)] + (["--recompute"] if recompute else []),
+                             capture_output=True, text=True, env={**os.environ, "GLOG_v": "3"})
+        if out.returncode:
+            raise RuntimeError(f"{side} side failed:\n{out.stderr[-3000:]}")
+        res[side] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"  {name}, {side}: first step {res[side]['first'][0]:.1f} s, then "
+              f"{', '.join(f'{t:.1f}' for t in res[side]['times'])} s", flush=True)
+    return _row(name, batch, length, recompute, res["ours"]["times"], res["peer"]["times"],
+                [res["ours"]["first"][1], res["peer"]["first"][1]], "a process per side")
 
 
 _ZERO_WORKER = r'''
@@ -175,7 +243,21 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip-1b", action="store_true")
     ap.add_argument("--skip-zero", action="store_true")
+    ap.add_argument("--one-side", choices=("ours", "peer"), help=argparse.SUPPRESS)
+    ap.add_argument("--preset", default="bench-1b", help=argparse.SUPPRESS)
+    ap.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--length", type=int, default=512, help=argparse.SUPPRESS)
+    ap.add_argument("--recompute", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.one_side:
+        import mindspore as ms
+        import torch
+
+        torch.set_num_threads(args.threads)
+        ms.device_context.cpu.op_tuning.threads_num(args.threads)
+        print(json.dumps(one_side(args.one_side, args.preset, args.batch, args.length, args.recompute,
+                                  args.rounds)))
+        return 0
 
     import mindspore as ms
     import torch
@@ -188,11 +270,9 @@ def main(argv=None) -> int:
             "mindspore": ms.__version__}
     rows = []
     small = Emu3LMConfig.from_name("bench-1b", **SMALL, attention_dropout=0.0)
-    rows.append(throughput("small (hidden 256, 4 layers, vocab 184622)", small, 2, 512, False, args.rounds,
-                           args.threads))
+    rows.append(throughput("small (hidden 256, 4 layers, vocab 184622)", small, 2, 512, False, args.rounds))
     if not args.skip_1b:
-        rows.append(throughput("bench-1b", Emu3LMConfig.from_name("bench-1b", attention_dropout=0.0), 1, 512,
-                               True, args.rounds, args.threads))
+        rows.append(throughput_apart("bench-1b", "bench-1b", 1, 512, True, args.rounds, args.threads))
     for r in rows:
         r.update(bench="train", meta=meta)
     if args.out:

@@ -2,7 +2,7 @@
 
     python tools/bench/bench_vq.py --out bench-results/vq.json [--sizes 256,512] [--threads N]
 
-One process, the real architecture of shared/BENCH.md (ch 256, ch_mult [1,2,2,4], 2 res
+One process, the real architecture of docs/benchmarks.md (ch 256, ch_mult [1,2,2,4], 2 res
 blocks, attention at level 3, codebook 32768) with the peer's random weights, saved by the
 peer (`Emu3VQVAE.save_pretrained`, the -hf layout) and loaded with
 `Emu3VQModel.from_pretrained`. For each size: seconds per image to encode one image and to
