@@ -82,3 +82,23 @@ class ReadmeExamples:
 def readme(request) -> ReadmeExamples:
     """The README.md of the package whose tests/ holds the requesting test."""
     return ReadmeExamples(Path(request.path).resolve().parents[1] / "README.md")
+
+
+# ---- the oracle ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def oracle_text_config():
+    """`make(cfg)`: transformers' Emu3TextConfig for an emu3_lm Emu3LMConfig, dropout off (the
+    oracle's twin of a test model); skips when transformers is not installed."""
+    transformers = pytest.importorskip("transformers")
+
+    def make(cfg):
+        return transformers.Emu3TextConfig(
+            vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+            num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
+            num_key_value_heads=cfg.num_key_value_heads, max_position_embeddings=cfg.max_position_embeddings,
+            rms_norm_eps=cfg.rms_norm_eps, pad_token_id=cfg.pad_token_id, bos_token_id=cfg.bos_token_id,
+            eos_token_id=cfg.eos_token_id, attention_dropout=0.0,
+            rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta})
+
+    return make

@@ -168,7 +168,7 @@ def throughput_apart(name: str, preset: str, batch: int, length: int, recompute:
                               "--threads", str(threads)] + (["--recompute"] if recompute else []),
                              capture_output=True, text=True, env={**os.environ, "GLOG_v": "3"})
         if out.returncode:
-            raise RuntimeError(f"{side} side failed:\n{out.stderr[-3000:]}")
+            raise RuntimeError(f"{side} side failed (exit status {out.returncode}):\n{out.stderr[-3000:]}")
         res[side] = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"  {name}, {side}: first step {res[side]['first'][0]:.1f} s, then "
               f"{', '.join(f'{t:.1f}' for t in res[side]['times'])} s", flush=True)
@@ -243,6 +243,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip-1b", action="store_true")
     ap.add_argument("--skip-zero", action="store_true")
+    ap.add_argument("--only-zero", action="store_true", help="the ZeRO memory rows only")
     ap.add_argument("--one-side", choices=("ours", "peer"), help=argparse.SUPPRESS)
     ap.add_argument("--preset", default="bench-1b", help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
@@ -270,14 +271,27 @@ def main(argv=None) -> int:
             "mindspore": ms.__version__}
     rows = []
     small = Emu3LMConfig.from_name("bench-1b", **SMALL, attention_dropout=0.0)
-    rows.append(throughput("small (hidden 256, 4 layers, vocab 184622)", small, 2, 512, False, args.rounds))
-    if not args.skip_1b:
-        rows.append(throughput_apart("bench-1b", "bench-1b", 1, 512, True, args.rounds, args.threads))
+    if args.only_zero:
+        args.skip_1b = True
+    else:
+        rows.append(throughput("small (hidden 256, 4 layers, vocab 184622)", small, 2, 512, False, args.rounds))
     for r in rows:
         r.update(bench="train", meta=meta)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(rows, indent=1))
+
+    def write():
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(rows, indent=1))
+
+    if rows:
+        write()
+    if not args.skip_1b:
+        try:
+            rows.append(throughput_apart("bench-1b", "bench-1b", 1, 512, True, args.rounds, args.threads))
+            rows[-1].update(bench="train", meta=meta)
+            write()
+        except RuntimeError as exc:  # e.g. killed for memory: keep the rows measured so far
+            print(f"  bench-1b: {str(exc).splitlines()[0]}", flush=True)
     if not args.skip_zero:
         zrows = zero_memory(args.threads)
         zmeta = {"config": "small (hidden 256, 4 layers, vocab 184622)", "processes": 2,

@@ -25,20 +25,10 @@ REL = 1e-4
 CFG = Emu3LMConfig.from_name("tiny")
 
 
-def text_config(cfg):
-    return transformers.Emu3TextConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
-        num_key_value_heads=cfg.num_key_value_heads, max_position_embeddings=cfg.max_position_embeddings,
-        rms_norm_eps=cfg.rms_norm_eps, pad_token_id=cfg.pad_token_id, bos_token_id=cfg.bos_token_id,
-        eos_token_id=cfg.eos_token_id, attention_dropout=0.0,
-        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta})
-
-
 @pytest.fixture(scope="module")
-def oracle():
+def oracle(oracle_text_config):
     torch.manual_seed(0)
-    hf = transformers.Emu3ForCausalLM(text_config(CFG)).eval()
+    hf = transformers.Emu3ForCausalLM(oracle_text_config(CFG)).eval()
     with torch.no_grad():  # random norm weights too, so that a swapped norm would show
         for name, p in hf.named_parameters():
             if name.endswith("norm.weight"):

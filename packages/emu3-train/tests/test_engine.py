@@ -121,22 +121,12 @@ def test_one_step_equals_value_and_grad_clip_adamw_by_hand():
     assert int(state["step"]) == 1
 
 
-def text_config(transformers, cfg):
-    return transformers.Emu3TextConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
-        num_key_value_heads=cfg.num_key_value_heads, max_position_embeddings=cfg.max_position_embeddings,
-        rms_norm_eps=cfg.rms_norm_eps, pad_token_id=cfg.pad_token_id, bos_token_id=cfg.bos_token_id,
-        eos_token_id=cfg.eos_token_id, attention_dropout=0.0,
-        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta})
-
-
 @pytest.mark.parity
-def test_three_steps_equal_transformers_and_torch_adamw():
+def test_three_steps_equal_transformers_and_torch_adamw(oracle_text_config):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    hf = transformers.Emu3ForCausalLM(text_config(transformers, CFG)).train()
+    hf = transformers.Emu3ForCausalLM(oracle_text_config(CFG)).train()
     init = weights()
     with torch.no_grad():
         for name, p in hf.named_parameters():

@@ -161,7 +161,11 @@ def test_an_image_that_fails_to_decode_while_running(tmp_path, save_image, vq_di
     with pytest.raises(UserError, match=f"{captions}:1: cannot read image"):
         prepare_t2i(captions, vq_dir, tmp_path / "out", image_area=AREA, progress=False)
     assert not dataset.list_path(tmp_path / "out").exists()
-    result = prepare_t2i(captions, vq_dir, tmp_path / "out", image_area=AREA, skip_bad=True, progress=False)
+    # the stopped run left OUT/feature: replacing it takes overwrite, as for every command
+    with pytest.raises(UserError, match="already exists; pass --overwrite"):
+        prepare_t2i(captions, vq_dir, tmp_path / "out", image_area=AREA, skip_bad=True, progress=False)
+    result = prepare_t2i(captions, vq_dir, tmp_path / "out", image_area=AREA, skip_bad=True, progress=False,
+                         overwrite=True)
     assert (result.written, result.skipped) == (1, 1)
 
 
@@ -230,9 +234,12 @@ def test_an_interrupted_run_leaves_no_list(t2i_input, vq_dir, tmp_path, monkeypa
             raise RuntimeError("interrupted")
         return real(self, pixels)
 
+    with pytest.raises(UserError, match="already exists; pass --overwrite"):
+        prepare_t2i(t2i_input, vq_dir, out, image_area=AREA, progress=False)
+    assert stale.exists()  # refused before anything was touched
     monkeypatch.setattr(Emu3VQModel, "encode", encode)
     with pytest.raises(RuntimeError, match="interrupted"):
-        prepare_t2i(t2i_input, vq_dir, out, image_area=AREA, progress=False)
+        prepare_t2i(t2i_input, vq_dir, out, image_area=AREA, progress=False, overwrite=True)
     assert not stale.exists()
     assert [p.name for p in dataset.feature_dir(out).iterdir()] == ["00000001.ckpt"]  # complete, not listed
 

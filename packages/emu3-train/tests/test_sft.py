@@ -78,7 +78,7 @@ def rel(a, b) -> float:
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 
-def test_three_steps_equal_transformers_and_torch_adamw(assets, tmp_path):
+def test_three_steps_equal_transformers_and_torch_adamw(assets, tmp_path, oracle_text_config):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     from emu3_lm.tokenizer import Emu3Tokenizer
@@ -91,14 +91,7 @@ def test_three_steps_equal_transformers_and_torch_adamw(assets, tmp_path):
     assert [m["step"] for m in ours] == [1, 2, 3]
 
     # the oracle: transformers' model on the same weights and batches, torch's optimiser
-    lm = Emu3LMConfig.from_name("tiny", attention_dropout=0.0)
-    hf = transformers.Emu3ForCausalLM(transformers.Emu3TextConfig(
-        vocab_size=lm.vocab_size, hidden_size=lm.hidden_size, intermediate_size=lm.intermediate_size,
-        num_hidden_layers=lm.num_hidden_layers, num_attention_heads=lm.num_attention_heads,
-        num_key_value_heads=lm.num_key_value_heads, max_position_embeddings=lm.max_position_embeddings,
-        rms_norm_eps=lm.rms_norm_eps, attention_dropout=0.0, pad_token_id=lm.pad_token_id,
-        bos_token_id=lm.bos_token_id, eos_token_id=lm.eos_token_id,
-        rope_parameters={"rope_type": "default", "rope_theta": lm.rope_theta}))
+    hf = transformers.Emu3ForCausalLM(oracle_text_config(Emu3LMConfig.from_name("tiny", attention_dropout=0.0)))
     start = final_weights(assets["model"])
     hf.load_state_dict({k: torch.tensor(v) for k, v in start.items()})
     hf.train()

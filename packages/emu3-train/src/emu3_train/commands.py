@@ -54,6 +54,8 @@ def _prepare_options(p, default_area: int) -> None:
     p.add_argument("--image-area", type=int, default=default_area, metavar="N",
                    help=f"scale images to about N pixels before tokenising (default: {default_area}, "
                         "the reference scripts')")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run's DIR/list and DIR/feature (refused otherwise)")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip records with a missing or unreadable image or an empty text (reported and "
                         "counted) instead of stopping")
@@ -82,14 +84,14 @@ def run_prepare_t2i(args) -> None:
     from .prepare import prepare_t2i
 
     _report(prepare_t2i(args.captions, args.vq, args.out, image_area=args.image_area, skip_bad=args.skip_bad,
-                        jit=_jit(args.jit)))
+                        jit=_jit(args.jit), overwrite=args.overwrite))
 
 
 def run_prepare_vqa(args) -> None:
     from .prepare import prepare_vqa
 
     _report(prepare_vqa(args.conversations, args.image_root, args.vq, args.out, image_area=args.image_area,
-                        skip_bad=args.skip_bad, jit=_jit(args.jit)))
+                        skip_bad=args.skip_bad, jit=_jit(args.jit), overwrite=args.overwrite))
 
 
 def _add_sft(sub) -> None:

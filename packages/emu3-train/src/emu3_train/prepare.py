@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from emu3_vq.cli import UserError
+from emu3_vq.cli import UserError, check_outputs
 
 from . import dataset
 
@@ -198,19 +198,13 @@ def read_conversations(path: str | os.PathLike,
 
 # ---- the run -----------------------------------------------------------------------------------
 
-def _check_out_dir(out_dir: Path) -> None:
-    """OUT, OUT/list and OUT/feature are directories or can be made, and can be written; nothing
+def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """The one output policy of every command (emu3_vq.cli.check_outputs): OUT/list/train.json and
+    OUT/feature can be written, and an earlier run's are replaced only with `overwrite`; nothing
     is created yet."""
-    for p in (out_dir, out_dir / dataset.LIST_DIR, dataset.feature_dir(out_dir)):
-        if p.exists() and not p.is_dir():
-            raise UserError(f"output path {p} exists and is not a directory")
-        existing = p
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        if not existing.is_dir():
-            raise UserError(f"cannot create the output directory {p}: {existing} is not a directory")
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise UserError(f"output directory {p} cannot be written ({existing} is not writable)")
+    features = dataset.feature_dir(out_dir)
+    check_outputs([dataset.list_path(out_dir)], overwrite=overwrite, option="--out",
+                  directories=[features] if features.exists() else ())
 
 
 def _load_vq_files(vq_dir: Path):
@@ -249,13 +243,13 @@ def _check_area(image_area) -> None:
 
 
 def _run(records: list[Record], problems: list[tuple[int, str]], vq_dir, out_dir, image_area: int, skip_bad: bool,
-         jit: bool | None, progress: bool, desc: str) -> PrepareResult:
+         jit: bool | None, progress: bool, desc: str, overwrite: bool = False) -> PrepareResult:
     from emu3_vq import media
     from tqdm import tqdm
 
     vq_dir, out_dir = Path(vq_dir), Path(out_dir)
     config, processor = _load_vq_files(vq_dir)
-    _check_out_dir(out_dir)
+    _check_out_dir(out_dir, overwrite)
     good = []
     for record in records:
         try:
@@ -299,25 +293,28 @@ def _run(records: list[Record], problems: list[tuple[int, str]], vq_dir, out_dir
 
 def prepare_t2i(captions_jsonl: str | os.PathLike, vq_dir: str | os.PathLike, out_dir: str | os.PathLike,
                 image_area: int = T2I_IMAGE_AREA, skip_bad: bool = False, jit: bool | None = None,
-                progress: bool = True) -> PrepareResult:
+                progress: bool = True, overwrite: bool = False) -> PrepareResult:
     """Text-to-image data: a JSONL of {"image", "text"} -> OUT/feature/*.ckpt + OUT/list/train.json.
 
     `vq_dir`: a vision tokenizer checkpoint (config.json, weights, preprocessor_config.json).
     `jit`: compile the VQ model (None: as `emu3 vq --jit auto`). `progress`: a tqdm bar on
-    stderr. Raises `emu3_vq.cli.UserError` (one line) for bad input.
+    stderr. `overwrite`: replace an earlier run's OUT/list and OUT/feature (refused otherwise).
+    Raises `emu3_vq.cli.UserError` (one line) for bad input.
     """
     _check_area(image_area)
     records, problems = read_captions(captions_jsonl)
-    return _run(records, problems, vq_dir, out_dir, image_area, skip_bad, jit, progress, "prepare-t2i")
+    return _run(records, problems, vq_dir, out_dir, image_area, skip_bad, jit, progress, "prepare-t2i",
+                overwrite)
 
 
 def prepare_vqa(conversations_json: str | os.PathLike, image_root: str | os.PathLike, vq_dir: str | os.PathLike,
                 out_dir: str | os.PathLike, image_area: int = VQA_IMAGE_AREA, skip_bad: bool = False,
-                jit: bool | None = None, progress: bool = True) -> PrepareResult:
+                jit: bool | None = None, progress: bool = True, overwrite: bool = False) -> PrepareResult:
     """VQA data: a LLaVA-style JSON list with images under `image_root` -> OUT/feature/*.ckpt +
     OUT/list/train.json. Other arguments as `prepare_t2i`."""
     _check_area(image_area)
     if not Path(image_root).is_dir():
         raise UserError(f"image root directory not found: {image_root}")
     records, problems = read_conversations(conversations_json, image_root)
-    return _run(records, problems, vq_dir, out_dir, image_area, skip_bad, jit, progress, "prepare-vqa")
+    return _run(records, problems, vq_dir, out_dir, image_area, skip_bad, jit, progress, "prepare-vqa",
+                overwrite)
