@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+from emu3_vq.config import read_json
 
 TIKTOKEN_FILE = "emu3.tiktoken"
 VISION_TOKENS_FILE = "emu3_vision_tokens.txt"
@@ -111,17 +112,6 @@ def token_str_to_bytes(token: str) -> bytes:
         return bytes(_CHAR_TO_BYTE[c] for c in token)
     except KeyError:
         raise ValueError(f"{token!r} is not a byte-level BPE token spelling") from None
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
-    return data
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -229,7 +219,7 @@ class _HFBackend:
     def __init__(self, path: Path):
         from tokenizers import Tokenizer
 
-        data = _read_json(path)
+        data = read_json(path)
         if "model" not in data or "added_tokens" not in data:
             raise ValueError(f"{path} lacks 'model' or 'added_tokens': not a tokenizers file")
         try:
@@ -353,7 +343,7 @@ class Emu3Tokenizer:
             raise ValueError(f"unknown tokenizer format {format!r}; known: {FORMATS}")
 
         config_path = directory / CONFIG_FILE
-        config = _read_json(config_path) if config_path.is_file() else {}
+        config = read_json(config_path) if config_path.is_file() else {}
 
         if format == "tiktoken":
             for name in (TIKTOKEN_FILE, VISION_TOKENS_FILE):
@@ -371,7 +361,7 @@ class Emu3Tokenizer:
             backend = _HFBackend(directory / TOKENIZER_JSON)
             smap_path = directory / SPECIAL_TOKENS_MAP_FILE
             if smap_path.is_file():  # tokenizer_config.json wins where both name a token
-                config = {**_read_json(smap_path), **config}
+                config = {**read_json(smap_path), **config}
         else:
             if not (directory / SENTENCEPIECE_FILE).is_file():
                 raise FileNotFoundError(f"{directory / SENTENCEPIECE_FILE} is missing")

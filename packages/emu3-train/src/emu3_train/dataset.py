@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from emu3_vq.config import read_json
 
 LIST_DIR = "list"  # OUT/list/train.json
 FEATURE_DIR = "feature"  # OUT/feature/<name>.ckpt
@@ -214,11 +215,8 @@ def read_list(path: str | os.PathLike) -> SampleList:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"list file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"list file {path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict) or "prefix" not in data or "path_list" not in data:
+    data = read_json(path)
+    if "prefix" not in data or "path_list" not in data:
         raise ValueError(f"list file {path} must be a JSON object with 'prefix' and 'path_list'")
     prefix, files = data["prefix"], data["path_list"]
     if not isinstance(prefix, str):

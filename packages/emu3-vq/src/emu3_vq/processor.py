@@ -21,6 +21,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from .config import read_json
+
 CONFIG_NAME = "preprocessor_config.json"
 ORIGINAL_TYPE = "Emu3VisionVQImageProcessor"  # BAAI/Emu3-VisionTokenizer
 HF_TYPE = "Emu3ImageProcessor"  # transformers (Emu3-Gen-hf, Emu3-Chat-hf)
@@ -194,12 +196,7 @@ class Emu3ImageProcessor:
         file = path / CONFIG_NAME if path.is_dir() else path
         if not file.is_file():
             raise FileNotFoundError(f"image processor config not found: {file}")
-        try:
-            d = json.loads(file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{file}: not valid JSON ({exc})") from None
-        if not isinstance(d, dict):
-            raise ValueError(f"{file}: expected a JSON object")
+        d = read_json(file)
         try:
             return cls.from_dict(d)
         except (TypeError, ValueError) as exc:
