@@ -20,8 +20,7 @@ import os
 import signal
 import sys
 import threading
-import time
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, distributions, entry_points, version
 from typing import Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -97,8 +96,62 @@ def int_at_least(low: int):
     return arg_type(convert)
 
 
+DEVICE_CHOICES = ("cpu", "gpu", "ascend")  # emu3_vq.device.DEVICES; literal here: no MindSpore import
+DTYPE_CHOICES = ("fp32", "fp16", "bf16")  # emu3_vq.device.DTYPES
+
+
+def add_runtime_options(parser: argparse.ArgumentParser, dtype: bool = True) -> None:
+    """--device, --device-id, --threads (and --dtype): every command that runs a model has them;
+    `apply_runtime(args)` acts on them before the model is built."""
+    group = parser.add_argument_group("device")
+    group.add_argument("--device", choices=DEVICE_CHOICES, default=None,
+                       help="where to run (default: MindSpore's default device, CPU on a machine without "
+                            "an accelerator)")
+    group.add_argument("--device-id", type=int_at_least(0), default=None, metavar="N",
+                       help="which chip of --device (default: 0)")
+    if dtype:
+        group.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
+                           help="weights and compute dtype (default: fp32 on CPU, fp16 on GPU, bf16 on Ascend)")
+    group.add_argument("--threads", type=int_at_least(1), default=None, metavar="N",
+                       help="CPU kernel threads (default: MindSpore's)")
+
+
+def apply_runtime(args: argparse.Namespace) -> None:
+    """Select the device and thread count named by `add_runtime_options`' flags."""
+    if getattr(args, "device_id", None) is not None and getattr(args, "device", None) is None:
+        raise UserError("--device-id needs --device (gpu or ascend)")
+    from . import device
+
+    device.select(getattr(args, "device", None), getattr(args, "device_id", None), getattr(args, "threads", None))
+
+
+def versions() -> dict[str, str]:
+    """Installed distributions of this project (emu3-*) and MindSpore, name -> version."""
+    found = {}
+    for dist in distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if name.startswith("emu3-"):
+            found[name] = dist.version
+    try:
+        found["mindspore"] = version("mindspore")
+    except PackageNotFoundError:
+        pass
+    return dict(sorted(found.items()))
+
+
+class _Version(argparse.Action):
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for name, ver in versions().items():
+            print(f"{name} {ver}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emu3", description="Emu3 on MindSpore.")
+    parser.add_argument("--version", action=_Version, help="print the installed packages' versions and exit")
     sub = parser.add_subparsers(dest="group", metavar="COMMAND")
     sub.required = True
     for ep in sorted(entry_points(group="emu3.commands"), key=lambda e: e.name):
@@ -149,37 +202,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def progress(items: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it",
              stream=None) -> Iterator[T]:
-    """A dependency-free progress bar on stderr: count, rate and elapsed time.
+    """A tqdm progress bar on stderr over `items` (count, rate, elapsed, remaining)."""
+    from tqdm.auto import tqdm
 
-    Quiet when the stream is not a terminal, except for a final summary line.
-    """
-    stream = stream or sys.stderr
-    if total is None and hasattr(items, "__len__"):
-        total = len(items)  # type: ignore[arg-type]
-    tty = hasattr(stream, "isatty") and stream.isatty()
-    start = last = time.perf_counter()
-    n = 0
-
-    def line() -> str:
-        elapsed = time.perf_counter() - start
-        rate = n / elapsed if elapsed > 0 else 0.0
-        of = f"/{total}" if total is not None else ""
-        bar = ""
-        if total:
-            filled = int(20 * n / total)
-            bar = "[" + "#" * filled + "." * (20 - filled) + "] "
-        return f"{desc}: {bar}{n}{of} {unit} {rate:.2f} {unit}/s {elapsed:.1f}s"
-
-    for item in items:
-        yield item
-        n += 1
-        now = time.perf_counter()
-        if tty and (now - last > 0.1 or n == total):
-            stream.write("\r" + line())
-            stream.flush()
-            last = now
-    stream.write(("\r" if tty else "") + line() + "\n")
-    stream.flush()
+    return iter(tqdm(items, total=total, desc=desc, unit=unit, file=stream or sys.stderr, dynamic_ncols=True))
 
 
 if __name__ == "__main__":

@@ -81,3 +81,50 @@ def is_cpu() -> bool:
 def default_dtype() -> ms.Type:
     """fp32 on CPU, fp16 on GPU, bf16 on Ascend (see `DevicePolicy.dtype`)."""
     return policy().dtype
+
+
+# The one spelling of a dtype across the project (API `dtype=` arguments and `--dtype` flags).
+DTYPES = {"fp32": ms.float32, "fp16": ms.float16, "bf16": ms.bfloat16}
+DEVICES = {"cpu": "CPU", "gpu": "GPU", "ascend": "Ascend"}  # --device value -> MindSpore's target name
+
+
+def resolve_dtype(dtype) -> ms.Type | None:
+    """`"fp32" | "fp16" | "bf16"` or a MindSpore floating dtype -> the MindSpore dtype; None stays
+    None (the caller's default: the device policy's). Anything else is a ValueError naming the
+    accepted spellings."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        if dtype in DTYPES:
+            return DTYPES[dtype]
+        raise ValueError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)} or a MindSpore dtype "
+                         f"(ms.float32, ms.float16, ms.bfloat16)")
+    if dtype in DTYPES.values():
+        return dtype
+    raise ValueError(f"unsupported dtype {dtype!r}: use one of {', '.join(DTYPES)} or a MindSpore dtype "
+                     f"(ms.float32, ms.float16, ms.bfloat16)")
+
+
+def dtype_name(dtype) -> str:
+    """The project's spelling ("fp32", "fp16", "bf16") of a dtype accepted by `resolve_dtype`."""
+    resolved = resolve_dtype(dtype)
+    return next(name for name, value in DTYPES.items() if value == resolved)
+
+
+def select(device: str | None = None, device_id: int | None = None, threads: int | None = None) -> None:
+    """Pick where MindSpore runs, before any model is built: `device` 'cpu' | 'gpu' | 'ascend'
+    (None: MindSpore's default), `device_id` the chip, `threads` the CPU kernels' thread count.
+    Uses `mindspore.set_device` (the context argument device_target is deprecated)."""
+    if device is not None:
+        if device not in DEVICES:
+            raise ValueError(f"unknown device {device!r}: use one of {', '.join(DEVICES)}")
+        if device_id is not None:
+            ms.set_device(DEVICES[device], device_id)
+        else:
+            ms.set_device(DEVICES[device])
+    elif device_id is not None:
+        raise ValueError("a device id needs a device (--device gpu or ascend)")
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+        ms.device_context.cpu.op_tuning.threads_num(threads)
