@@ -1,6 +1,6 @@
 import mindspore as ms
 import pytest
-from emu3_decoding.demo import random_lm_state
+from emu3_decoding.demo import build_demo_lm, random_lm_state
 from emu3_lm.blocks import VisualIds
 from emu3_lm.config import Emu3LMConfig
 from emu3_lm.model import Emu3ForCausalLM
@@ -14,6 +14,24 @@ def tiny_model():
     model.load_state_dict(random_lm_state(cfg, seed=0))
     model.set_train(False)
     return model
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    """(LM directory, VQ directory) as strings: the demo LM and the tiny vision tokenizer, random
+    weights (seed 1), in the original layout; for the command and the pipeline."""
+    from emu3_vq.tiny import build_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("ckpt")
+    return str(build_demo_lm(root / "lm", seed=1)), str(build_tiny_checkpoint(root / "vq", "tiny", seed=1))
+
+
+@pytest.fixture(scope="session")
+def pipe(checkpoints):
+    """An Emu3Pipeline over `checkpoints`, loaded once (its compiled graphs are reused)."""
+    from emu3_decoding.pipeline import Emu3Pipeline
+
+    return Emu3Pipeline.from_pretrained(*checkpoints)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@
 nothing left behind; a generation whose logits are not finite stops with an error.
 
 Tiny models only: the 'tiny' LM (conftest), the tiny tokenizer, and for the command the demo
-LM and the tiny vision tokenizer built here (random weights).
+LM and the tiny vision tokenizer (conftest's `checkpoints`, random weights).
 """
 
 import os
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from emu3_decoding import image as image_module
 from emu3_decoding import loop
-from emu3_decoding.demo import build_demo_lm, random_lm_state
+from emu3_decoding.demo import random_lm_state
 from emu3_decoding.guidance import check_scale
 from emu3_decoding.image import generate_image
 from emu3_decoding.sampling import Sampling
@@ -28,7 +28,6 @@ from emu3_lm.tiny_assets import build_tiktoken_tokenizer
 from emu3_lm.tokenizer import Emu3Tokenizer
 from emu3_vq.cli import main
 from emu3_vq.processor import Emu3ImageProcessor
-from emu3_vq.tiny import build_tiny_checkpoint
 from emu3_vq.weights import write_checkpoint
 from PIL import Image
 
@@ -67,12 +66,6 @@ def nan_model():
     ops.assign(model.lm_head.weight, Tensor(w))
     model.set_train(False)
     return model
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ckpt")
-    return str(build_demo_lm(root / "lm", seed=1)), str(build_tiny_checkpoint(root / "vq", "tiny", seed=1))
 
 
 @pytest.fixture(scope="module")
@@ -224,6 +217,17 @@ FPS = "argument --fps: fps must be a number from 0.01 to 100"
     (["video-continue", "clip", "--frames", "4", "--seed", "-1"], "argument --seed: must be an integer >= 0"),
     (["video-continue", "clip", "--frames", "6"], "emu3: error: --frames must be a positive multiple of 4"),
     (["answer", "img.png", "what?", "--max-new-tokens", "0"], "argument --max-new-tokens: must be an"),
+    (["answer", "img.png", "what?", "--temperature", "nan"], "argument --temperature: the temperature must be a "
+                                                              "finite number, got nan"),
+    (["answer", "img.png", "what?", "--temperature", "-1"], "argument --temperature: the temperature must be >= 0"),
+    (["answer", "img.png", "what?", "--top-p", "0"], "argument --top-p: top-p must be in (0, 1], got 0.0"),
+    (["answer", "img.png", "what?", "--top-k", "-2"], "argument --top-k: must be an integer >= 0, got -2"),
+    (["image", "x", "--num-images", "0"], "argument --num-images: must be an integer >= 1, got 0"),
+    (["image", "x", "--dtype", "fp64"], "argument --dtype: invalid choice: 'fp64'"),
+    (["image", "x", "--threads", "0"], "argument --threads: must be an integer >= 1, got 0"),
+    (["image", "x", "--device-id", "1"], "emu3: error: --device-id needs --device"),
+    (["image", "x", "--revision", "v1"], "emu3: error: --revision needs --model naming a hub repo id"),
+    (["image", "x", "--prompts-file", "p.txt"], "emu3: error: give either PROMPT or --prompts-file FILE"),
 ])
 def test_options_are_checked_before_anything(argv, message, tmp_path, monkeypatch, capsys):
     """CLI: each bad option is named in one line; nothing is written (not even the demo model)."""
@@ -249,6 +253,30 @@ def test_existing_output_needs_overwrite(checkpoints, tmp_path, capsys, monkeypa
     assert main([*argv, "--overwrite"]) == 0
     assert Image.open(out).size == (64, 64)
     assert files(tmp_path) == ["existing.png"]  # no temporary file left
+
+
+def test_every_output_of_a_batch_is_checked_first(tmp_path, capsys):
+    """CLI: `--num-images 3 --out img.png` writes img-0.png .. img-2.png: any of them existing
+    is refused before anything is read or generated."""
+    (tmp_path / "img-2.png").write_bytes(b"keep me")
+    assert "img-2.png already exists; pass --overwrite" in run(
+        ["generate", "image", "x", "--num-images", "3", "--out", str(tmp_path / "img.png")], capsys)
+    empty = tmp_path / "prompts.txt"
+    empty.write_text("\n  \n")
+    assert "holds no prompt (one per line)" in run(
+        ["generate", "image", "--prompts-file", str(empty), "--out", str(tmp_path / "a.png")], capsys)
+    assert files(tmp_path) == ["img-2.png", "prompts.txt"]
+
+
+def test_greedy_answers_take_no_sampling_options(checkpoints, tmp_path, capsys, monkeypatch):
+    """CLI: --top-k or --top-p without --temperature (the answer would be greedy, and they would
+    change nothing) is refused from the configs, before the weights load."""
+    lm, vq = checkpoints
+    monkeypatch.setattr(Emu3ForCausalLM, "from_pretrained", classmethod(lambda cls, *a, **k: pytest.fail("loaded")))
+    image = tmp_path / "img.png"
+    Image.new("RGB", (32, 32)).save(image)
+    assert "top_k and top_p apply when sampling: pass a temperature > 0" in run(
+        ["generate", "answer", str(image), "what?", "--top-k", "5", "--model", lm, "--vq", vq], capsys)
 
 
 def test_unwritable_outputs_are_refused_up_front(tmp_path, capsys):

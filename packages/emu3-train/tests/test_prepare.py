@@ -276,7 +276,8 @@ def test_cli_prepare_t2i(t2i_input, vq_dir, tmp_path, capsys, train_commands_onl
 def test_cli_prepare_vqa(vqa_input, vq_dir, tmp_path, capsys, train_commands_only):
     conv, image_root = vqa_input
     code = cli.main(["train", "prepare-vqa", "--conversations", str(conv), "--image-root", str(image_root),
-                     "--vq", str(vq_dir), "--out", str(tmp_path / "out"), "--image-area", str(AREA)])
+                     "--vq", str(vq_dir), "--out", str(tmp_path / "out"), "--image-area", str(AREA),
+                     "--device", "cpu", "--threads", "2", "--dtype", "fp32"])
     stdout, stderr = capsys.readouterr()
     assert code == 0, stderr
     assert "wrote 2 samples" in stdout

@@ -247,7 +247,10 @@ def test_sft_command_on_two_processes_equals_one(assets, tmp_path):
                 "--save-every", "1", *extra]
 
     assert main(argv(tmp_path / "one")) == 0
-    assert main(argv(tmp_path / "two", "--nproc", "2", "--zero-stage", "3")) == 0
+    assert main(argv(tmp_path / "two", "--nproc", "2", "--device-id", "0")) == 2  # one chip, two processes
+    assert not (tmp_path / "two").exists()
+    # --device and --threads reach the workers (msrun runs the same command)
+    assert main(argv(tmp_path / "two", "--nproc", "2", "--zero-stage", "3", "--device", "cpu", "--threads", "1")) == 0
     one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
     assert [m["tokens"] for m in one] == [m["tokens"] for m in two]
     for a, b in zip(one, two):

@@ -2,8 +2,11 @@
 
 import hashlib
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -33,6 +36,8 @@ def model_dir(tmp_path_factory):
 def _isolated(tmp_path, monkeypatch):
     # a test that forgets --model builds the demo model here, not in the user's cache
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # a hub repo id resolves to nothing here,
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # and is never looked up over the network
     # only this package's commands: other installed packages' entry points are not under test
     real = cli.entry_points
     monkeypatch.setattr(cli, "entry_points", lambda group: [e for e in real(group=group) if e.name == "vq"])
@@ -227,7 +232,10 @@ def test_input_errors(model_dir, tmp_path, capsys):
 
 def test_model_errors(model_dir, tmp_path, capsys):
     img = _save_image(tmp_path / "photo.png", 40, 32)
-    assert "model directory not found" in _error(capsys, "encode", img, "--model", tmp_path / "absent")
+    # not a local directory: from_pretrained resolves it (a path or a hub repo id) or says why not
+    for missing in (tmp_path / "absent", "no-such-org/no-such-model"):
+        err = _error(capsys, "encode", img, "--model", missing, "-o", tmp_path / "out")
+        assert str(missing) in err and err.count("\n") == 1, err
 
     broken = tmp_path / "broken"
     shutil.copytree(model_dir, broken)
@@ -235,7 +243,19 @@ def test_model_errors(model_dir, tmp_path, capsys):
     (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
     err = _error(capsys, "encode", img, "--model", broken, "-o", tmp_path / "out")
     assert "model.safetensors" in err and "truncated" in err
+    assert err.count("\n") == 1, err  # the one line: loaded before any progress bar starts
+    err = _error(capsys, "decode", _save_codes(tmp_path / "c.npy"), "--model", broken, "-o", tmp_path / "out")
+    assert "truncated" in err and err.count("\n") == 1, err
     assert not (tmp_path / "out").exists()
+
+    err = _error(capsys, "encode", img, "--model", model_dir, "--revision", "v1", "-o", tmp_path / "out")
+    assert "--revision is a hub revision" in err
+    assert "--revision needs --model" in _error(capsys, "encode", img, "--revision", "v1")
+
+
+def _save_codes(path, shape=(16, 20)):
+    np.save(path, np.zeros(shape, np.int64))
+    return path
 
 
 def test_default_model_is_used_without_model_flag(tmp_path, capsys):
@@ -277,5 +297,139 @@ def test_jit_auto_compiles_real_size_models_on_cpu(tmp_path, monkeypatch, preset
     seen = {}
     monkeypatch.setattr(Emu3VQModel, "from_pretrained",
                         classmethod(lambda cls, path, **kw: seen.update(kw) or "model"))
-    assert commands._Tokenizer(str(directory), flag).model == "model"
+    assert commands._Tokenizer(str(directory), flag).load() == "model"
     assert seen["jit"] is expected
+
+
+# ---- --model as a hub repo id, --revision, --dtype, --device, --threads -----------------------
+
+def test_model_names_pass_to_from_pretrained_untouched(model_dir, tmp_path, monkeypatch, capsys):
+    from emu3_vq import device
+    from emu3_vq.model import Emu3VQModel
+
+    calls = []
+    real_model, real_processor = Emu3VQModel.from_pretrained, Emu3ImageProcessor.from_pretrained
+
+    def model_from_pretrained(cls, name, **kw):
+        calls.append(("model", name, kw))
+        return real_model(model_dir, jit=kw["jit"])  # the hub repo, as the resolver would find it
+
+    def processor_from_pretrained(cls, name, **kw):
+        calls.append(("processor", name, kw))
+        return real_processor(model_dir)
+
+    monkeypatch.setattr(Emu3VQModel, "from_pretrained", classmethod(model_from_pretrained))
+    monkeypatch.setattr(Emu3ImageProcessor, "from_pretrained", classmethod(processor_from_pretrained))
+    monkeypatch.setattr(device, "select", lambda *a: calls.append(("select", *a)))
+    img = _save_image(tmp_path / "photo.png", 40, 32)
+    code, _, err = _run(capsys, "encode", img, "--model", "BAAI/Emu3-VisionTokenizer", "--revision", "v1",
+                        "--dtype", "fp32", "--device", "cpu", "--threads", "1", "--jit", "off",
+                        "-o", tmp_path / "out")
+    assert code == 0, err
+    assert np.load(tmp_path / "out" / "photo.npy").shape == (16, 20)
+    assert calls == [("select", "cpu", None, 1),  # the device first, before any model is built
+                     ("processor", "BAAI/Emu3-VisionTokenizer", {"revision": "v1"}),
+                     ("model", "BAAI/Emu3-VisionTokenizer", {"revision": "v1", "jit": False, "dtype": "fp32"})]
+
+
+def test_device_id_needs_device(model_dir, tmp_path, capsys):
+    img = _save_image(tmp_path / "photo.png", 40, 32)
+    err = _error(capsys, "encode", img, "--model", model_dir, "--device-id", "1", "-o", tmp_path / "out")
+    assert "--device-id needs --device" in err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit):  # argparse: not a device
+        main(["vq", "encode", str(img), "--device", "tpu"])
+    assert "invalid choice: 'tpu'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_device_and_threads_in_a_fresh_process(tmp_path):
+    """--device cpu and --threads 1 applied for real: MindSpore takes the device only before its
+    runtime starts, so in a process of its own, which builds the demo model after selecting it."""
+    img = _save_image(tmp_path / "photo.png", 40, 32)
+    script = ("import sys, mindspore as ms; from emu3_vq.cli import main; "
+              "code = main(sys.argv[1:]); print(ms.get_context('device_target')); sys.exit(code)")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", script, "vq", "encode", str(img), "-o", str(tmp_path / "out"),
+                           "--device", "cpu", "--threads", "1"],
+                          capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-1] == "CPU"
+    assert np.load(tmp_path / "out" / "photo.npy").shape == (16, 20)
+
+
+def test_dtype_fp32_gives_the_default_codes(model_dir, tmp_path, capsys):
+    """--dtype reaches from_pretrained as the string ("fp32"), the project's one spelling."""
+    img = _save_image(tmp_path / "photo.png", 40, 32)
+    for dtype in ((), ("--dtype", "fp32")):
+        code, _, err = _run(capsys, "encode", img, "--model", model_dir, "-o", tmp_path / f"out{len(dtype)}",
+                            *dtype)
+        assert code == 0, err
+    np.testing.assert_array_equal(np.load(tmp_path / "out0" / "photo.npy"), np.load(tmp_path / "out2" / "photo.npy"))
+
+
+# ---- MP4 in and out (the extra `video`) --------------------------------------------------------
+
+def _clip_mp4(path, n=4, size=(36, 32)):
+    from emu3_vq import media
+
+    return media.save_video([Image.new("RGB", size, (30 * i, 120, 200 - 30 * i)) for i in range(n)], path)
+
+
+def test_mp4_in_and_out(model_dir, tmp_path, capsys):
+    pytest.importorskip("av", reason="MP4 needs PyAV, the optional extra `video` (pip install av)")
+    from emu3_vq import media
+
+    clip = _clip_mp4(tmp_path / "clip.mp4")
+    out = tmp_path / "out"
+    code, stdout, err = _run(capsys, "reconstruct", clip, "--model", model_dir, "-o", out, "--save-codes",
+                             "--video-format", "mp4", "--fps", "12")
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["clip.npy", "clip_recon.mp4"]  # only what was asked
+    assert str(out / "clip_recon.mp4") in stdout
+    assert np.load(out / "clip.npy").shape == (1, 16, 18)
+    assert media.video_info(out / "clip_recon.mp4") == (4, (36, 32))
+
+    code, _, err = _run(capsys, "decode", out / "clip.npy", "--model", model_dir, "-o", tmp_path / "dec",
+                        "--video-format", "gif,mp4,frames")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "dec").iterdir()) == ["clip.gif", "clip.mp4", "clip_frames"]
+    frames = media.load_frames(tmp_path / "dec" / "clip_frames")
+    mp4 = media.load_frames(tmp_path / "dec" / "clip.mp4")
+    assert len(mp4) == len(frames) == 4
+    # the MP4 holds the decoded frames, within its lossy coding (see test_media.MP4_MEAN_ABS_ERROR;
+    # decoded frames are noisier than flat ones, hence a looser bound)
+    assert max(np.abs(np.asarray(a, float) - np.asarray(b, float)).mean() for a, b in zip(mp4, frames)) < 12
+
+    code, _, _ = _run(capsys, "encode", out / "clip_recon.mp4", "--model", model_dir, "-o", tmp_path / "again")
+    assert code == 0 and np.load(tmp_path / "again" / "clip_recon.npy").shape == (1, 16, 18)
+
+
+def test_video_format_option(model_dir, tmp_path, capsys):
+    for bad, message in (("avi", "expected one or more of gif, mp4, frames"), ("gif,gif", "named twice")):
+        with pytest.raises(SystemExit):
+            main(["vq", "decode", "x.npy", "--video-format", bad])
+        assert message in capsys.readouterr().err
+    # frames only: no GIF
+    _save_codes(tmp_path / "clip.npy", (1, 16, 18))
+    code, _, err = _run(capsys, "decode", tmp_path / "clip.npy", "--model", model_dir, "-o", tmp_path / "out",
+                        "--video-format", "frames")
+    assert code == 0, err
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["clip_frames"]
+
+
+def test_mp4_without_pyav_is_refused_before_work(model_dir, tmp_path, monkeypatch, capsys):
+    gif = tmp_path / "anim.gif"
+    frames = [Image.new("RGB", (36, 32), (60 * i, 0, 0)) for i in range(4)]  # distinct: GIF merges repeats
+    frames[0].save(gif, save_all=True, append_images=frames[1:])
+    (tmp_path / "clip.mp4").write_bytes(b"\0" * 64)
+    monkeypatch.setitem(sys.modules, "av", None)  # `import av` fails as without the extra
+    hint = "pip install 'emu3-vq[video]'"
+    out = ("--model", model_dir, "-o", tmp_path / "out")
+    assert hint in _error(capsys, "reconstruct", gif, *out, "--video-format", "mp4")
+    assert hint in _error(capsys, "encode", tmp_path / "clip.mp4", *out)
+    assert hint in _error(capsys, "decode", _save_codes(tmp_path / "v.npy", (1, 16, 18)), *out,
+                          "--video-format", "gif,mp4")
+    assert not (tmp_path / "out").exists()
+    code, _, _ = _run(capsys, "reconstruct", gif, *out)  # GIF and frames need no PyAV
+    assert code == 0 and (tmp_path / "out" / "anim_recon.gif").is_file()

@@ -2,23 +2,34 @@
 
 Without --model the embedded demo model is used: a tiny LM and vision tokenizer with untrained
 random weights, built on first use into the user cache; the output is noise, the pipeline is
-the real one. With --model DIR (an Emu3-Gen/-Chat checkpoint directory holding the tokenizer
-files), the vision tokenizer comes from --vq DIR, or from DIR itself for an -hf checkpoint.
-Every input, output and option is checked before any model is loaded (the size of what is
-generated against the model's context too); an existing output is replaced only with
---overwrite. Output files appear only when complete (written to a temporary file, then renamed).
+the real one. --model names an Emu3-Gen/-Chat checkpoint holding the tokenizer files, a local
+directory or a hub repo id (org/name; --revision picks a branch, tag or commit); the vision
+tokenizer comes from --vq, or from the model itself for an -hf checkpoint. Defaults the
+checkpoint's generation_config.json holds (guidance_scale, top_k, top_p, temperature,
+max_new_tokens, do_sample) replace the built-in ones; options given win.
+
+Every input, output and option is checked before any weights are loaded (the size of what is
+generated against the model's context too, from the configs and the tokenizer); an existing
+output is replaced only with --overwrite. Output files appear only when complete (written to a
+temporary file, then renamed) and say what made them: the prompt, the seed and the settings,
+the checkpoints and the package versions (PNG text chunks; the JSON comment of a GIF or MP4;
+emu3_vq.media.read_metadata reads them).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from emu3_vq import media
-from emu3_vq.cli import UserError, arg_type, check_outputs, int_at_least, progress
+from emu3_vq.cli import UserError, add_runtime_options, apply_runtime, arg_type, check_outputs, int_at_least
+
+
+
+def _default(key: str, value) -> str:
+    """How a help text says where a default comes from."""
+    return f"default: the checkpoint's generation_config.json {key}, else {value}"
 
 
 def _guidance_scale(text: str) -> float:
@@ -27,6 +38,18 @@ def _guidance_scale(text: str) -> float:
     from .guidance import check_scale
 
     return check_scale(float(text), "the guidance scale")
+
+
+def _temperature(text: str) -> float:
+    from .sampling import check_temperature
+
+    return check_temperature(float(text), "the temperature")
+
+
+def _top_p(text: str) -> float:
+    from .sampling import check_top_p
+
+    return check_top_p(float(text), "top-p")
 
 
 def register(subparsers) -> None:
@@ -38,279 +61,260 @@ def register(subparsers) -> None:
     sub.required = True
 
     def models(p):
-        p.add_argument("--model", metavar="DIR",
-                       help="Emu3 LM checkpoint directory with its tokenizer (default: the embedded demo "
-                            "model, untrained random weights: the output is noise)")
-        p.add_argument("--vq", metavar="DIR",
-                       help="vision tokenizer checkpoint directory (default: the demo one without --model, "
-                            "the --model directory for an -hf checkpoint)")
+        p.add_argument("--model", metavar="DIR|ORG/NAME",
+                       help="Emu3 LM checkpoint with its tokenizer: a directory or a hub repo id (default: the "
+                            "embedded demo model, untrained random weights: the output is noise)")
+        p.add_argument("--vq", metavar="DIR|ORG/NAME",
+                       help="vision tokenizer checkpoint: a directory or a hub repo id (default: the demo one "
+                            "without --model, the --model itself for an -hf checkpoint)")
+        p.add_argument("--revision", metavar="REV", default=None,
+                       help="branch, tag or commit of a hub repo id --model (default: its main branch)")
+        add_runtime_options(p)
 
-    def sampling(p, top_k=2048):
+    def seed(p):
         p.add_argument("--seed", type=int_at_least(0), default=None,
-                       help="random seed, an integer >= 0: the same seed gives the same output")
-        p.add_argument("--top-k", type=int_at_least(0), default=top_k, metavar="K",
-                       help=f"sample among the K most likely visual tokens (default: {top_k}; 0: all)")
+                       help="random seed, an integer >= 0: the same seed gives the same output (default: "
+                            "drawn, and printed to stderr)")
+
+    def top_k(p, default=2048):
+        p.add_argument("--top-k", type=int_at_least(0), default=None, metavar="K",
+                       help=f"sample among the K most likely visual tokens ({_default('top_k', default)}; 0: all)")
 
     def overwrite(p):
         p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
-    img = sub.add_parser("image", help="generate an image from a text prompt (PNG)")
-    img.add_argument("prompt", metavar="PROMPT", help="what the image shows")
+    img = sub.add_parser("image", help="generate images from text prompts (PNG)")
+    img.add_argument("prompt", metavar="PROMPT", nargs="?", default=None,
+                     help="what the image shows (or --prompts-file)")
+    img.add_argument("--prompts-file", metavar="FILE", default=None,
+                     help="a UTF-8 text file of prompts, one per line (blank lines skipped), instead of PROMPT")
+    img.add_argument("--num-images", type=int_at_least(1), default=1, metavar="N",
+                     help="images per prompt, generated as one batch (default: 1)")
     img.add_argument("--ratio", default="1:1", metavar="W:H",
                      help="aspect ratio, width:height (default: 1:1)")
     img.add_argument("--area", type=int_at_least(1), default=None, metavar="PIXELS",
                      help="image area in pixels (default: the model's image_area, 720*720 for Emu3-Gen)")
-    img.add_argument("--cfg", type=arg_type(_guidance_scale), default=3.0, metavar="SCALE",
-                     help="classifier-free guidance scale; 1 turns it off (default: 3.0)")
+    img.add_argument("--cfg", type=arg_type(_guidance_scale), default=None, metavar="SCALE",
+                     help=f"classifier-free guidance scale; 1 turns it off ({_default('guidance_scale', 3.0)})")
     img.add_argument("--negative", default=None, metavar="TEXT",
                      help="negative prompt for guidance (default: the original Emu3 one)")
     img.add_argument("--unbatched-cfg", action="store_true",
                      help="run the guidance branch as a second forward over its own cache (the original "
                           "way) instead of in the same batch")
-    sampling(img)
-    img.add_argument("--out", default="image.png", metavar="PATH", help="output PNG (default: image.png)")
+    seed(img)
+    top_k(img)
+    img.add_argument("--out", default="image.png", metavar="PATH",
+                     help="output PNG (default: image.png); several images go to PATH-0.png, PATH-1.png, ... "
+                          "(prompts in order, N images each; image j has seed SEED + j)")
     overwrite(img)
     models(img)
     img.set_defaults(func=run_image)
 
-    ans = sub.add_parser("answer", help="answer a question about an image (greedy)")
+    ans = sub.add_parser("answer", help="answer a question about an image (greedy unless --temperature)")
     ans.add_argument("image", metavar="IMAGE", help="image file")
     ans.add_argument("question", metavar="QUESTION")
-    ans.add_argument("--max-new-tokens", type=int_at_least(1), default=1024, metavar="N",
-                     help="longest answer in tokens (default: 1024)")
+    ans.add_argument("--max-new-tokens", type=int_at_least(1), default=None, metavar="N",
+                     help=f"longest answer in tokens ({_default('max_new_tokens', 1024)})")
+    ans.add_argument("--temperature", type=arg_type(_temperature), default=None, metavar="T",
+                     help="sample at temperature T > 0 (default: greedy, unless the checkpoint's "
+                          "generation_config.json says do_sample: then its temperature, else 1)")
+    ans.add_argument("--top-p", type=arg_type(_top_p), default=None, metavar="P",
+                     help="when sampling, among the most likely tokens of total probability P (default: 1, all)")
+    ans.add_argument("--top-k", type=int_at_least(0), default=None, metavar="K",
+                     help="when sampling, among the K most likely tokens (default: 0, all)")
+    seed(ans)
+    ans.add_argument("--no-stream", action="store_true",
+                     help="print the answer when it is complete, with a progress bar, instead of as it is produced")
     models(ans)
     ans.set_defaults(func=run_answer)
 
-    vid = sub.add_parser("video-continue", help="continue a video by N frames (GIF + PNG frames)")
-    vid.add_argument("frames", metavar="FRAMES", help="folder of frame images or an animated GIF; "
+    vid = sub.add_parser("video-continue", help="continue a video by N frames (GIF or MP4, and PNG frames)")
+    vid.add_argument("frames", metavar="FRAMES", help="a folder of frame images, an animated GIF or an MP4; "
                                                      "a multiple of 4 frames")
     vid.add_argument("--frames", dest="n_frames", type=int, required=True, metavar="N",
                      help="number of new frames, a multiple of 4")
     vid.add_argument("--prompt", default="", help="optional text describing the video")
-    sampling(vid)
+    seed(vid)
+    top_k(vid)
     vid.add_argument("--fps", type=arg_type(lambda text: media.check_fps(float(text))), default=8.0,
-                     help="GIF frame rate, 0.01 to 100 (default: 8)")
+                     help="frame rate of the output, 0.01 to 100 (default: 8)")
     vid.add_argument("--out", default="continued.gif", metavar="PATH",
-                     help="output GIF of the new frames; the frames also go to <PATH stem>_frames/ "
-                          "(default: continued.gif)")
+                     help="output video of the new frames, .gif or .mp4 (MP4 needs the extra video of "
+                          "emu3-vq); the frames also go to <PATH stem>_frames/ (default: continued.gif)")
     overwrite(vid)
     models(vid)
     vid.set_defaults(func=run_video)
 
 
-# ---- models -------------------------------------------------------------------------------------
-
-def _resolve_dirs(model_dir: str | None, vq_dir: str | None) -> tuple[Path, Path]:
-    if model_dir is None:
-        if vq_dir is not None:
-            raise UserError("--vq needs --model: the demo LM only fits the demo vision tokenizer")
-        from .demo import default_model_dirs
-
-        return default_model_dirs()
-    lm = Path(model_dir)
-    if not (lm / "config.json").is_file():
-        raise UserError(f"{lm} is not a checkpoint directory (no config.json)")
-    if vq_dir is None:
-        try:
-            config = json.loads((lm / "config.json").read_text())
-        except ValueError as exc:
-            raise UserError(f"{lm / 'config.json'} is not valid JSON: {exc}") from None
-        if not isinstance(config, dict):
-            raise UserError(f"{lm / 'config.json'}: config must be a JSON object, got {type(config).__name__}")
-        if "vq_config" not in config:
-            raise UserError(f"{lm} holds no vision tokenizer: pass --vq DIR (e.g. BAAI/Emu3-VisionTokenizer)")
-        return lm, lm
-    vq = Path(vq_dir)
-    if not (vq / "config.json").is_file():
-        raise UserError(f"{vq} is not a vision tokenizer directory (no config.json)")
-    return lm, vq
-
-
-@dataclass
-class Checkpoints:
-    """What the checks of a command need, read without loading any weights: the directories,
-    the LM config, the vision tokenizer's frames per latent frame, and a processor (tokenizer and
-    image processor) without its VQ model."""
-
-    lm: Path
-    vq: Path
-    config: object  # emu3_lm.config.Emu3LMConfig
-    temporal_factor: int
-    processor: object  # emu3_lm.processor.Emu3Processor, vq_model None
-
-
-def read_checkpoints(model_dir: str | None = None, vq_dir: str | None = None) -> Checkpoints:
-    """Configs and tokenizer of the checkpoints (or of the embedded demo model), no weights."""
-    from emu3_lm.config import Emu3LMConfig
-    from emu3_lm.processor import Emu3Processor
-    from emu3_lm.tokenizer import Emu3Tokenizer
-    from emu3_vq.config import Emu3VQConfig
-    from emu3_vq.processor import Emu3ImageProcessor
-
-    lm, vq = _resolve_dirs(model_dir, vq_dir)
-    config = Emu3LMConfig.from_json_file(lm / "config.json")
-    vq_config = Emu3VQConfig.from_json_file(vq / "config.json")
-    processor = Emu3Processor(Emu3ImageProcessor.from_pretrained(vq), None, Emu3Tokenizer.from_pretrained(lm),
-                              image_area=config.image_area)
-    return Checkpoints(lm, vq, config, int(vq_config.temporal_downsample_factor), processor)
-
-
-def load_models(checkpoints: Checkpoints):
-    """(model, processor): the weights of checked checkpoints."""
-    from emu3_lm.model import Emu3ForCausalLM
-    from emu3_lm.processor import Emu3Processor
-    from emu3_vq.model import Emu3VQModel
-
-    model = Emu3ForCausalLM.from_pretrained(checkpoints.lm)
-    # compiled: even for a single decode on CPU, compiling and running the graph took a
-    # quarter of the time of running op by op (tiny VQ, a 2-latent-frame video: 6.8 s vs 24 s)
-    vq_model = Emu3VQModel.from_pretrained(checkpoints.vq, jit=True)
-    p = checkpoints.processor
-    return model, Emu3Processor(p.image_processor, vq_model, p.tokenizer, image_area=model.config.image_area)
-
-
-def load(model_dir: str | None = None, vq_dir: str | None = None):
-    """(model, processor) from checkpoint directories, or the embedded demo model."""
-    return load_models(read_checkpoints(model_dir, vq_dir))
-
-
-# ---- progress -----------------------------------------------------------------------------------
-
-class _RowsStream:
-    """A stderr stand-in that appends the image rows done to each line `progress` writes."""
-
-    def __init__(self, stream):
-        self.stream = stream
-        self.suffix = ""
-
-    def isatty(self) -> bool:
-        return hasattr(self.stream, "isatty") and self.stream.isatty()
-
-    def write(self, text: str) -> None:
-        end = "\n" if text.endswith("\n") else ""
-        self.stream.write(text[: len(text) - len(end)] + self.suffix + end)
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-
-class ProgressBar:
-    """`emu3_vq.cli.progress` over generated positions (tokens/s), plus image rows done.
-
-    Use as a `loop.Progress` callback; call `close()` when generation ends.
-    """
-
-    def __init__(self, desc: str, rows_label: str = "rows", stream=None):
-        self.out = _RowsStream(stream or sys.stderr)
-        self.rows_label = rows_label
-        self.steps = 0
-        self._stop = False
-        self._bar = None
-        self.desc = desc
-
-    def _ticks(self):
-        while not self._stop:
-            yield None
-
-    def __call__(self, p) -> None:
-        if self._bar is None:
-            self._bar = progress(self._ticks(), total=p.steps, desc=self.desc, unit="tok", stream=self.out)
-        self.out.suffix = f" | {self.rows_label} {p.rows_done}/{p.rows}"
-        while self.steps < p.step:
-            next(self._bar)
-            self.steps += 1
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._stop = True
-            next(self._bar, None)  # counts the last position and prints the summary line
-            self._bar = None
-
-
-# ---- commands -----------------------------------------------------------------------------------
+# ---- shared steps --------------------------------------------------------------------------------
 #
 # Everything is checked before any model is loaded or any file written: each option when it is
 # parsed (its argparse type), then in each command its inputs, its outputs (emu3_vq.cli.
 # check_outputs: the overwrite policy of every `emu3` command), then, from the checkpoints'
-# configs and tokenizer, the size of what is generated against the model's context. The API
-# functions apply the same rules again (the same functions) when they are called.
+# configs, tokenizer and generation_config.json (Emu3Pipeline.from_pretrained(lazy=True)), the
+# request with its defaults and the size of what is generated against the model's context
+# (Emu3Pipeline.check_image / check_answer / check_video); the weights load after that. The
+# pipeline applies the same rules again (the same functions) when it is called.
 
-def _check_out(path: str, suffix: str, overwrite: bool, inputs=(), directories=()) -> Path:
-    """--out: its suffix, then the overwrite policy and writability of every output."""
+def _pipeline(args):
+    """The checked request's pipeline, weights not loaded yet: --vq/--revision without --model
+    refused, the device selected (--device, --threads), the configs read."""
+    if args.model is None:
+        if args.vq is not None:
+            raise UserError("--vq needs --model: the demo LM only fits the demo vision tokenizer")
+        if args.revision is not None:
+            raise UserError("--revision needs --model naming a hub repo id (org/name)")
+    apply_runtime(args)
+    from .pipeline import Emu3Pipeline
+
+    if args.model is None:
+        print("emu3: note: no --model given, using the embedded demo model (a tiny LM and vision tokenizer, "
+              "built into the user cache): untrained random weights, the output is noise", file=sys.stderr)
+    return Emu3Pipeline.from_pretrained(args.model, args.vq, args.dtype, revision=args.revision, lazy=True)
+
+
+def _seed(seed: int | None) -> int:
+    """--seed, or a drawn one, printed to stderr so that the output can be made again."""
+    if seed is None:
+        from .pipeline import draw_seed
+
+        seed = draw_seed()
+        print(f"emu3: seed {seed} (pass --seed {seed} to reproduce)", file=sys.stderr)
+    return seed
+
+
+class _Bar:
+    """A tqdm bar on stderr as a `loop.Progress` callback: positions generated (tok/s) and image
+    rows (or sequences) done. Use as a context manager: the bar closes with its last line."""
+
+    def __init__(self, desc: str, rows: str = "rows"):
+        self.desc, self.rows, self.bar = desc, rows, None
+
+    def __call__(self, p) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=p.steps, desc=self.desc, unit="tok", file=sys.stderr, dynamic_ncols=True)
+        self.bar.set_postfix_str(f"{self.rows} {p.rows_done}/{p.rows}", refresh=False)
+        self.bar.update(p.step - self.bar.n)
+
+    def __enter__(self) -> _Bar:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _check_out(path: str, suffixes: tuple[str, ...]) -> Path:
     out = Path(path)
-    if out.suffix.lower() != suffix:
-        raise UserError(f"--out {out}: expected a {suffix} file name")
+    if out.suffix.lower() not in suffixes:
+        raise UserError(f"--out {out}: expected a {' or '.join(suffixes)} file name")
     if out.is_dir():
         raise UserError(f"--out {out} is a directory")
-    check_outputs([out], inputs=inputs, overwrite=overwrite, option="--out", directories=directories)
     return out
+
+
+# ---- commands -----------------------------------------------------------------------------------
+
+def _prompts(args) -> list[str]:
+    """PROMPT, or the lines of --prompts-file (stripped, blank ones skipped): exactly one of them."""
+    if (args.prompt is None) == (args.prompts_file is None):
+        raise UserError("give either PROMPT or --prompts-file FILE")
+    if args.prompt is not None:
+        prompts = [args.prompt]
+    else:
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"--prompts-file {path}: no such file")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise UserError(f"--prompts-file {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        prompts = [line.strip() for line in text.splitlines() if line.strip()]
+        if not prompts:
+            raise UserError(f"--prompts-file {path} holds no prompt (one per line)")
+    if any("\0" in p for p in prompts):
+        raise UserError("a prompt contains a NUL character")
+    return prompts
+
+
+def image_paths(out: Path, count: int) -> list[Path]:
+    """Where `count` images go: `out` itself for one, else out-0.png, out-1.png, ... beside it."""
+    if count == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{j}{out.suffix}") for j in range(count)]
 
 
 def run_image(args) -> None:
     from emu3_lm.processor import parse_ratio
 
-    from .image import NEGATIVE_PROMPT, POSITIVE_PROMPT, generate_image, image_prompts
-
     parse_ratio(args.ratio)
-    out = _check_out(args.out, ".png", args.overwrite)
-    checkpoints = read_checkpoints(args.model, args.vq)
-    negative = args.negative or NEGATIVE_PROMPT
-    image_prompts(checkpoints.config, checkpoints.processor, [args.prompt], [args.ratio], args.area, args.cfg,
-                  negative, POSITIVE_PROMPT)  # fits the model's context
-    model, processor = load_models(checkpoints)
-    h, w = processor.generation_size(args.ratio, args.area or model.config.image_area)
-    bar = ProgressBar(f"image {h}x{w} tokens")
-    try:
-        image = generate_image(model, processor, args.prompt, ratio=args.ratio, image_area=args.area,
-                               cfg_scale=args.cfg, negative_prompt=negative, top_k=args.top_k, seed=args.seed,
-                               batched_cfg=not args.unbatched_cfg, progress=bar)[0]
-    finally:
-        bar.close()
-    media.save_png(image, out)
-    print(out)
+    prompts = _prompts(args)
+    n = args.num_images
+    paths = image_paths(_check_out(args.out, (".png",)), len(prompts) * n)
+    check_outputs(paths, overwrite=args.overwrite, option="--out")
+    pipe = _pipeline(args)
+    options = dict(ratio=args.ratio, image_area=args.area, cfg_scale=args.cfg, negative_prompt=args.negative,
+                   num_images=n, top_k=args.top_k, batched_cfg=not args.unbatched_cfg)
+    _, settings = pipe.check_image(prompts, **options)  # defaults, and the size against the context
+    seed = _seed(args.seed)
+    pipe.load()
+    h, w = pipe.processor.generation_size(settings.ratio, settings.image_area)
+    for k, prompt in enumerate(prompts):
+        which = f" {k + 1}/{len(prompts)}" if len(prompts) > 1 else ""
+        with _Bar(f"image{which} {h}x{w} tokens") as bar:
+            out = pipe(prompt, seed=seed + k * n, progress=bar, **options)
+        for i, image in enumerate(out.images):  # written as each prompt's batch is done
+            path = paths[k * n + i]
+            media.save_png(image, path, metadata=out.metadata(i))
+            print(path)
 
 
 def run_answer(args) -> None:
-    from .vqa import answer
-
     image = media.load_image(args.image)  # a file, readable, decoded: before loading models
-    model, processor = load(args.model, args.vq)
-    bar = ProgressBar("answer", rows_label="done")
-    try:
-        text = answer(model, processor, image, args.question, max_new_tokens=args.max_new_tokens,
-                      progress=bar)
-    finally:
-        bar.close()
-    print(text)
+    pipe = _pipeline(args)
+    sampling = dict(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+    settings = pipe.check_answer(args.max_new_tokens, **sampling)
+    seed = _seed(args.seed) if settings.temperature > 0 else args.seed
+    pipe.load()
+    if args.no_stream:
+        with _Bar("answer", rows="done") as bar:
+            out = pipe.answer(image, args.question, args.max_new_tokens, seed=seed, progress=bar, **sampling)
+        print(out.text)
+        return
+    from .streaming import TextStreamer
+
+    pipe.answer(image, args.question, args.max_new_tokens, seed=seed, streamer=TextStreamer(pipe.processor.tokenizer),
+                **sampling)
+    print()
 
 
 def run_video(args) -> None:
-    from .video import check_continuation, continue_video
-
     if args.n_frames < 4 or args.n_frames % 4:
         raise UserError(f"--frames must be a positive multiple of 4, got {args.n_frames}")
     source = Path(args.frames)
     if not source.exists():
         raise FileNotFoundError(f"frames not found: {source}")
+    out = _check_out(args.out, (".gif", ".mp4"))
     count, size = media.check_video(source)  # every frame read, one size
     if count % 4:
         raise UserError(f"{source} has {count} frames; video continuation needs a multiple of 4 "
                         f"(drop {count % 4} or add {4 - count % 4})")
-    out = Path(args.out)
     frames_dir = out.parent / f"{out.stem}_frames"
-    _check_out(args.out, ".gif", args.overwrite, inputs=[source], directories=[frames_dir])
-    checkpoints = read_checkpoints(args.model, args.vq)
-    check_continuation(checkpoints.config, checkpoints.processor, size, count, args.n_frames,
-                       checkpoints.temporal_factor, args.prompt)  # fits the model's context
-    model, processor = load_models(checkpoints)
+    check_outputs([out], inputs=[source], overwrite=args.overwrite, option="--out", directories=[frames_dir])
+    if out.suffix.lower() == ".mp4":
+        media.require_av()
+        media.check_mp4_size(*size)  # the new frames have the input's size
+    pipe = _pipeline(args)
+    pipe.check_video(size, count, args.n_frames, args.prompt, top_k=args.top_k)  # fits the model's context
+    seed = _seed(args.seed)
+    pipe.load()
     frames = media.load_frames(source)
-    bar = ProgressBar(f"video +{args.n_frames} frames")
-    try:
-        new = continue_video(model, processor, frames, args.n_frames, args.prompt, top_k=args.top_k,
-                             seed=args.seed, progress=bar)
-    finally:
-        bar.close()
-    media.save_frames(new, frames_dir)
-    media.save_gif(new, out, fps=args.fps)  # last: the GIF there means the frames are complete
+    with _Bar(f"video +{args.n_frames} frames") as bar:
+        result = pipe.continue_video(frames, args.n_frames, args.prompt, top_k=args.top_k, seed=seed, progress=bar)
+    media.save_frames(result.frames, frames_dir)
+    # last: the video there means the frames are complete
+    media.save_video(result.frames, out, fps=args.fps, metadata={**result.metadata(), "fps": repr(args.fps)})
     print(out)
     print(frames_dir)

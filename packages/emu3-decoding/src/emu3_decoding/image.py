@@ -16,7 +16,7 @@ from emu3_lm.blocks import VisualIds, extract_codes, image_table, num_generated_
 from .constraint import stack_tables
 from .guidance import check_scale
 from .loop import Progress, check_context, generate
-from .sampling import Sampling, check_seed
+from .sampling import Sampling, check_seeds
 
 POSITIVE_PROMPT = " masterpiece, film grained, best quality."
 NEGATIVE_PROMPT = (
@@ -72,8 +72,9 @@ def generate_image(model, processor, prompt, ratio="1:1", image_area: int | None
     Emu3-Gen). cfg_scale: classifier-free guidance (1.0 turns it off), with `negative_prompt` as
     the unconditional branch; batched_cfg runs both branches as one batch (default), otherwise
     as two forwards over two caches (the original). top_k / top_p / temperature: sampling
-    (temperature 0 is greedy). seed: reproducible sampling. progress: called after each step
-    with a `loop.Progress` (image rows done, tokens/s).
+    (temperature 0 is greedy). seed: reproducible sampling; one int per prompt gives each image
+    its own: image i is then the image of its prompt generated alone with seed[i]. progress:
+    called after each step with a `loop.Progress` (image rows done, tokens/s).
     """
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts or not all(isinstance(p, str) for p in prompts):
@@ -83,7 +84,7 @@ def generate_image(model, processor, prompt, ratio="1:1", image_area: int | None
         raise ValueError(f"{len(ratios)} ratios given for {len(prompts)} prompts")
     cfg_scale = check_scale(cfg_scale)
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p)
-    check_seed(seed)
+    seed = check_seeds(seed, len(prompts))
     ids, vocab_range = sampled_range(model, processor)
     sizes, cond, neg = image_prompts(model.config, processor, prompts, ratios, image_area, cfg_scale,
                                      negative_prompt, positive_suffix)

@@ -13,6 +13,10 @@ vocabulary or the sequence. Steps whose next token is forced for every row (eol,
 the decode step alone, without logits; tokens after the last sampled position need no forward
 at all (an image ends with eol, eof, eoi, eos: all known).
 
+Free text can be streamed: the host reads the rows' states at each step of free text anyway
+(to stop at eos), so it reads that step's tokens there too and hands them to a `streamer`
+(see `streaming.py` for one that turns them into text).
+
 The state of a row also records scores that were not finite (NaN or inf: broken weights, an
 fp16 overflow): BROKEN stops the row like eos, and the host, which reads the states after the
 first sampled position and at the end (and at each step of free text, which it reads anyway),
@@ -41,7 +45,7 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from .constraint import FREE
 from .guidance import check_scale, guide, left_pad
-from .sampling import GREEDY, Sampling, check_seed, sample, uniforms
+from .sampling import GREEDY, Sampling, check_seeds, sample, uniforms
 
 # the state of a row during decoding (an int32 per row, on the device); a row stops at DONE or BROKEN
 RUNNING, DONE, BROKEN = 0, 1, 2  # BROKEN: its scores were not finite
@@ -305,6 +309,19 @@ class Setup:
     slot0_u: int
 
 
+def streamer_calls(streamer) -> tuple[Callable[[np.ndarray], None], Callable[[], None]]:
+    """(put, end) of a streamer: an object with `put(ids)` and optionally `end()` (the protocol
+    of transformers' streamers), or a callable taking the ids. `ids` is an int64 array [B]: the
+    token of each row at one position (pad once a row has stopped)."""
+    put = getattr(streamer, "put", None)
+    if put is None:
+        if not callable(streamer):
+            raise TypeError(f"streamer must be callable or have a put(ids) method, got {type(streamer).__name__}")
+        put = streamer
+    end = getattr(streamer, "end", None)
+    return put, end if callable(end) else (lambda: None)
+
+
 def check_context(config, prompt_tokens: int, new_tokens: int, hint: str = "") -> None:
     """The one check that a prompt and what is generated after it fit the model's context; run
     before anything of that size is allocated (a table, a cache). `hint` says what to change."""
@@ -410,9 +427,9 @@ def decode_one_token(setup: Setup, tokens, step: int, table, u_all, state):
     return g.step(tokens, slot, slot_u, Tensor(step, ms.int32), table, u_all, state)
 
 
-def decode_n_tokens(setup: Setup, table: np.ndarray, *, seed: int | None = None, stop_at_eos: bool = False,
+def decode_n_tokens(setup: Setup, table: np.ndarray, *, seed=None, stop_at_eos: bool = False,
                     progress: Callable[[Progress], None] | None = None, eol_id: int | None = None,
-                    started: float | None = None) -> np.ndarray:
+                    started: float | None = None, streamer=None) -> np.ndarray:
     """Generate the positions of `table` ([B, N]; FREE where sampled, else the forced token).
 
     Returns the tokens [B, N] int64. Forced positions are written without logits; decoding
@@ -420,8 +437,14 @@ def decode_n_tokens(setup: Setup, table: np.ndarray, *, seed: int | None = None,
     (the remaining positions are then pad). Scores that are not finite raise ValueError, checked
     after the first sampled position (broken weights show there, before minutes of decoding), at
     the end, and for free text at each step (whose states the loop reads anyway): no host read
-    per step that the loop did not already make.
+    per step that the loop did not already make. seed: an int, one per row, or None (see
+    `sampling.uniforms`). streamer (with `stop_at_eos` only; see `streamer_calls`): given each
+    position's tokens [B] as it is produced, read where the states are read, and `end()`d after
+    the last.
     """
+    if streamer is not None and not stop_at_eos:
+        raise ValueError("a streamer follows free text (stop_at_eos); a table's block is known only at the end")
+    put, end = streamer_calls(streamer) if streamer is not None else (None, None)
     g = setup.graphs
     b, n = table.shape
     free = (table == FREE).any(axis=0)
@@ -451,6 +474,8 @@ def decode_n_tokens(setup: Setup, table: np.ndarray, *, seed: int | None = None,
             states = state.asnumpy()
             _check_finite(states)
             rows_done = int((states != RUNNING).sum())
+            if put is not None:  # the step is done (its states read): its tokens cost no extra wait
+                put(tokens.asnumpy().astype(np.int64))
         else:
             rows_done = int(np.searchsorted(eol_pos, t, side="right"))
         if progress is not None:
@@ -467,26 +492,35 @@ def decode_n_tokens(setup: Setup, table: np.ndarray, *, seed: int | None = None,
     if progress is not None and finished_at == n and last + 1 < n:  # the forced tail is done too
         elapsed = time.perf_counter() - started
         progress(Progress(n, n, rows, rows, n / elapsed if elapsed > 0 else 0.0, elapsed))
+    if end is not None:
+        end()
     return out
 
 
 def generate(model, prompts, *, negative_prompts=None, cfg_scale: float = 1.0, batched_cfg: bool = True,
              table: np.ndarray | None = None, max_new_tokens: int | None = None,
-             vocab_range: tuple[int, int] | None = None, sampling: Sampling = GREEDY, seed: int | None = None,
+             vocab_range: tuple[int, int] | None = None, sampling: Sampling = GREEDY, seed=None,
              progress: Callable[[Progress], None] | None = None, eos_id: int | None = None,
-             pad_id: int | None = None, eol_id: int | None = None) -> np.ndarray:
+             pad_id: int | None = None, eol_id: int | None = None, streamer=None) -> np.ndarray:
     """Generate for a batch of prompts; returns the new tokens [B, N] int64.
 
     With `table` ([B, N] or [N], see constraint.py): a constrained block; FREE positions are
     sampled from `vocab_range` (default: the visual tokens of the model's config), the others
     forced. Without it: free text over the whole vocabulary, up to `max_new_tokens` (capped by
-    the model's context), stopping when every row has emitted eos (later positions are pad).
+    the model's context), stopping when every row has emitted eos (later positions are pad);
+    a `streamer` (see `streamer_calls`) then receives each position's tokens as they come.
+    seed: None, an int, or one int per prompt (each row then draws what it draws alone with
+    its seed: `sampling.uniforms`).
     """
     started = time.perf_counter()
     cfg = model.config
-    check_seed(seed)
     prompts = _as_rows(prompts)
     b = len(prompts)
+    seed = check_seeds(seed, b)
+    if streamer is not None:
+        if table is not None:
+            raise ValueError("a streamer follows free text; a constrained block (table) is not streamed")
+        streamer_calls(streamer)  # checked before any work
     if table is not None:
         table = np.asarray(table, dtype=np.int64)
         if table.ndim == 1:
@@ -509,7 +543,7 @@ def generate(model, prompts, *, negative_prompts=None, cfg_scale: float = 1.0, b
                     new_tokens=table.shape[1], vocab_range=vocab_range, sampling=sampling, eos_id=eos_id,
                     pad_id=pad_id)
     return decode_n_tokens(setup, table, seed=seed, stop_at_eos=stop_at_eos, progress=progress, eol_id=eol_id,
-                           started=started)
+                           started=started, streamer=streamer)
 
 
 def guided_scores(model, prompts, negative_prompts, tokens, *, cfg_scale: float, batched_cfg: bool = True,

@@ -64,6 +64,20 @@ def check_seed(seed, name: str = "seed") -> int | None:
     return int(seed)
 
 
+def check_seeds(seed, rows: int, name: str = "seed") -> int | list[int] | None:
+    """The seed of a batch of `rows` rows: None, one integer (the rows share one generator), or
+    a sequence of `rows` integers, one per row (each row its own generator: row i draws what a
+    run of that row alone with seed[i] draws)."""
+    if seed is None or isinstance(seed, numbers.Integral):
+        return check_seed(seed, name)
+    if isinstance(seed, (str, bytes)) or not hasattr(seed, "__len__"):
+        raise ValueError(f"{name} must be an integer >= 0 or a list of them, got {seed!r}")
+    seeds = [check_seed(s, name) for s in seed]
+    if len(seeds) != rows or None in seeds:
+        raise ValueError(f"{name}: {len(seeds)} seeds given for {rows} rows")
+    return seeds
+
+
 @dataclass(frozen=True)
 class Sampling:
     """How to pick a token. temperature 0 means greedy (argmax)."""
@@ -85,16 +99,20 @@ class Sampling:
 GREEDY = Sampling(temperature=0.0)
 
 
-def uniforms(seed: int | None, steps: int, batch: int) -> np.ndarray:
+def uniforms(seed, steps: int, batch: int) -> np.ndarray:
     """The uniform numbers in [0, 1) used at each step and row: [steps, batch] float32.
 
-    seed None draws a fresh seed from the operating system.
+    seed None draws a fresh seed from the operating system; a list gives each row its own
+    generator (column i is what `uniforms(seed[i], steps, 1)` draws).
     """
-    seed = check_seed(seed)
+    seed = check_seeds(seed, int(batch))
+    steps = max(int(steps), 1)
+    if isinstance(seed, list):
+        return np.stack([np.random.default_rng(s).random(steps, dtype=np.float32) for s in seed], axis=1)
     if seed is None:
         seed = int.from_bytes(os.urandom(8), "little")
     rng = np.random.default_rng(seed)
-    return rng.random((max(int(steps), 1), int(batch)), dtype=np.float32)
+    return rng.random((steps, int(batch)), dtype=np.float32)
 
 
 def candidates(logits, top_k: int, top_p: float, temperature: float = 1.0):

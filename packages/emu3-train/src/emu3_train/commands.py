@@ -18,7 +18,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from emu3_vq.cli import UserError
+from emu3_vq.cli import UserError, add_runtime_options, apply_runtime
 
 from .prepare import T2I_IMAGE_AREA, VQA_IMAGE_AREA
 
@@ -62,6 +62,7 @@ def _prepare_options(p, default_area: int) -> None:
     p.add_argument("--jit", choices=("auto", "on", "off"), default="auto",
                    help="compile the vision tokenizer (each new image size costs a compilation); "
                         "auto: as `emu3 vq` (default: auto)")
+    add_runtime_options(p)
 
 
 def _jit(value: str) -> bool | None:
@@ -83,15 +84,17 @@ def _report(result) -> None:
 def run_prepare_t2i(args) -> None:
     from .prepare import prepare_t2i
 
+    apply_runtime(args)
     _report(prepare_t2i(args.captions, args.vq, args.out, image_area=args.image_area, skip_bad=args.skip_bad,
-                        jit=_jit(args.jit), overwrite=args.overwrite))
+                        jit=_jit(args.jit), overwrite=args.overwrite, dtype=args.dtype))
 
 
 def run_prepare_vqa(args) -> None:
     from .prepare import prepare_vqa
 
+    apply_runtime(args)
     _report(prepare_vqa(args.conversations, args.image_root, args.vq, args.out, image_area=args.image_area,
-                        skip_bad=args.skip_bad, jit=_jit(args.jit), overwrite=args.overwrite))
+                        skip_bad=args.skip_bad, jit=_jit(args.jit), overwrite=args.overwrite, dtype=args.dtype))
 
 
 def _add_sft(sub) -> None:
@@ -142,6 +145,7 @@ def _add_sft(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the latest OUT/checkpoint-STEP")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="launch N processes on this machine with msrun (default 1)")
+    add_runtime_options(p, dtype=False)  # --dtype above: the training dtype
     p.set_defaults(func=_run_sft)
 
 
@@ -159,13 +163,19 @@ def _run_sft(args) -> None:
     config.validate()  # before any process starts
     if args.nproc < 1:
         raise UserError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.device_id is not None and (args.nproc > 1 or parallel.launched_by_msrun()):
+        raise UserError("--device-id picks one chip; with several processes each takes the chip of its local "
+                        "rank (msrun)")
     if args.nproc > 1 and not parallel.launched_by_msrun():
-        rc = launch.launch(args.nproc, [launch.emu3_script(), *_sft_argv(config)],
+        runtime = [arg for flag in ("device", "threads") if getattr(args, flag) is not None
+                   for arg in (f"--{flag}", str(getattr(args, flag)))]
+        rc = launch.launch(args.nproc, [launch.emu3_script(), *_sft_argv(config), *runtime],
                            log_dir=str(Path(config.out) / "msrun_log"))
         if rc != 0:
             raise UserError(f"the {args.nproc} training processes failed (msrun exit status {rc}); "
                             f"their logs are in {Path(config.out) / 'msrun_log'}")
         return
+    apply_runtime(args)
     summary = trainer.train(config)
     last = summary["last"]
     if last is not None:

@@ -227,14 +227,14 @@ def _load_vq_files(vq_dir: Path):
     return config, processor
 
 
-def _load_model(vq_dir: Path, config, jit: bool | None):
+def _load_model(vq_dir: Path, config, jit: bool | None, dtype=None):
     from emu3_vq import device
     from emu3_vq.commands import AUTO_JIT_MIN_CH
     from emu3_vq.model import Emu3VQModel
 
     if jit is None:  # the rule of `emu3 vq --jit auto`
         jit = device.policy().jit_small_models or config.ch >= AUTO_JIT_MIN_CH
-    return Emu3VQModel.from_pretrained(vq_dir, jit=jit)
+    return Emu3VQModel.from_pretrained(vq_dir, dtype=dtype, jit=jit)
 
 
 def _check_area(image_area) -> None:
@@ -243,7 +243,7 @@ def _check_area(image_area) -> None:
 
 
 def _run(records: list[Record], problems: list[tuple[int, str]], vq_dir, out_dir, image_area: int, skip_bad: bool,
-         jit: bool | None, progress: bool, desc: str, overwrite: bool = False) -> PrepareResult:
+         jit: bool | None, progress: bool, desc: str, overwrite: bool = False, dtype=None) -> PrepareResult:
     from emu3_vq import media
     from tqdm import tqdm
 
@@ -264,7 +264,7 @@ def _run(records: list[Record], problems: list[tuple[int, str]], vq_dir, out_dir
     if not good:
         raise UserError(f"no usable records to prepare ({len(problems)} bad)")
 
-    model = _load_model(vq_dir, config, jit)
+    model = _load_model(vq_dir, config, jit, dtype)
     list_file, features = dataset.list_path(out_dir), dataset.feature_dir(out_dir)
     dataset.remove_list(list_file)
     features.mkdir(parents=True, exist_ok=True)
@@ -293,23 +293,24 @@ def _run(records: list[Record], problems: list[tuple[int, str]], vq_dir, out_dir
 
 def prepare_t2i(captions_jsonl: str | os.PathLike, vq_dir: str | os.PathLike, out_dir: str | os.PathLike,
                 image_area: int = T2I_IMAGE_AREA, skip_bad: bool = False, jit: bool | None = None,
-                progress: bool = True, overwrite: bool = False) -> PrepareResult:
+                progress: bool = True, overwrite: bool = False, dtype=None) -> PrepareResult:
     """Text-to-image data: a JSONL of {"image", "text"} -> OUT/feature/*.ckpt + OUT/list/train.json.
 
     `vq_dir`: a vision tokenizer checkpoint (config.json, weights, preprocessor_config.json).
-    `jit`: compile the VQ model (None: as `emu3 vq --jit auto`). `progress`: a tqdm bar on
-    stderr. `overwrite`: replace an earlier run's OUT/list and OUT/feature (refused otherwise).
+    `jit`: compile the VQ model (None: as `emu3 vq --jit auto`). `dtype`: the VQ's ("fp32" |
+    "fp16" | "bf16"; None: the device's default). `progress`: a tqdm bar on stderr. `overwrite`: replace an earlier run's OUT/list and OUT/feature (refused otherwise).
     Raises `emu3_vq.cli.UserError` (one line) for bad input.
     """
     _check_area(image_area)
     records, problems = read_captions(captions_jsonl)
     return _run(records, problems, vq_dir, out_dir, image_area, skip_bad, jit, progress, "prepare-t2i",
-                overwrite)
+                overwrite, dtype)
 
 
 def prepare_vqa(conversations_json: str | os.PathLike, image_root: str | os.PathLike, vq_dir: str | os.PathLike,
                 out_dir: str | os.PathLike, image_area: int = VQA_IMAGE_AREA, skip_bad: bool = False,
-                jit: bool | None = None, progress: bool = True, overwrite: bool = False) -> PrepareResult:
+                jit: bool | None = None, progress: bool = True, overwrite: bool = False,
+                dtype=None) -> PrepareResult:
     """VQA data: a LLaVA-style JSON list with images under `image_root` -> OUT/feature/*.ckpt +
     OUT/list/train.json. Other arguments as `prepare_t2i`."""
     _check_area(image_area)
@@ -317,4 +318,4 @@ def prepare_vqa(conversations_json: str | os.PathLike, image_root: str | os.Path
         raise UserError(f"image root directory not found: {image_root}")
     records, problems = read_conversations(conversations_json, image_root)
     return _run(records, problems, vq_dir, out_dir, image_area, skip_bad, jit, progress, "prepare-vqa",
-                overwrite)
+                overwrite, dtype)
