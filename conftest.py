@@ -102,3 +102,38 @@ def oracle_text_config():
             rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta})
 
     return make
+
+
+# ---- a local Hugging Face cache --------------------------------------------------------------
+# Loading by hub repo id is tested offline against a cache laid out as huggingface_hub lays it:
+# <cache>/models--ORG--NAME/{blobs/, snapshots/<commit>/<files>, refs/<revision>}.
+
+import shutil  # noqa: E402
+
+
+def publish_to_hub_cache(cache: Path, repo_id: str, source: Path, revision: str = "main",
+                         commit: str | None = None) -> Path:
+    """Copy the files of `source` into `cache` as the snapshot of `repo_id` at `revision`;
+    returns the snapshot folder."""
+    import hashlib
+
+    commit = commit or hashlib.sha1(f"{repo_id}@{revision}".encode()).hexdigest()
+    repo = Path(cache) / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / commit
+    for file in sorted(Path(source).rglob("*")):
+        if file.is_file():
+            target = snapshot / file.relative_to(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(file, target)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / revision).write_text(commit)
+    (repo / "blobs").mkdir(exist_ok=True)
+    return snapshot
+
+
+@pytest.fixture
+def hub_cache(tmp_path):
+    """(cache folder, publish(repo_id, source_dir, revision="main") -> snapshot folder)."""
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    return cache, lambda repo_id, source, revision="main": publish_to_hub_cache(cache, repo_id, source, revision)

@@ -353,8 +353,10 @@ def _run(capsys, *argv):
 def _error(capsys, *argv, code=2):
     got, out, err = _run(capsys, *argv)
     assert got == code, (out, err)
-    assert err.startswith("emu3: error: ") and err.count("\n") == 1 and "Traceback" not in err
-    return err
+    # a progress bar may stand before it (tqdm, stderr); the error itself is the one last line
+    last = err.replace("\r", "\n").rstrip("\n").split("\n")[-1]
+    assert last.startswith("emu3: error: ") and "Traceback" not in err, err
+    return last
 
 
 def _image(path, width=40, height=32, seed=0):

@@ -31,7 +31,6 @@ gets seed s + j: each is the image `generate_image` makes for its prompt alone w
 from __future__ import annotations
 
 import os
-import re
 import secrets
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -49,7 +48,6 @@ IMAGE_DEFAULTS = {"cfg_scale": 3.0, "top_k": 2048, "top_p": 1.0, "temperature": 
 VIDEO_DEFAULTS = {"cfg_scale": 1.0, "top_k": 2048, "top_p": 1.0, "temperature": 1.0}
 ANSWER_DEFAULTS = {"max_new_tokens": 1024, "do_sample": False, "top_k": 0, "top_p": 1.0, "temperature": 1.0}
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # org/name
 
 
 def draw_seed() -> int:
@@ -191,40 +189,19 @@ class VideoOutput:
 
 # ---- checkpoints: names to small files --------------------------------------------------------
 
-def _hub_file(repo: str, filename: str, hub: dict, required: bool) -> Path | None:
-    """A file of a hub repo, from huggingface_hub's cache or downloaded into it; None for a file
-    the repo does not have (or, offline, that is not cached) when not `required`."""
-    try:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.utils import EntryNotFoundError
-    except ImportError:
-        raise FileNotFoundError(f"{repo!r} is not a local directory, and reading a hub repo id needs "
-                                f"huggingface_hub (pip install 'emu3-decoding[hub]')") from None
-    try:
-        return Path(hf_hub_download(repo, filename, **hub))
-    except EntryNotFoundError as exc:
-        if not required:
-            return None
-        raise FileNotFoundError(f"{repo!r} is not a local directory and its {filename} cannot be found "
-                                f"({type(exc).__name__})") from None
-    except Exception as exc:  # no such repo or revision, no network, ...: one line
-        raise FileNotFoundError(f"{repo!r} is not a local directory and its {filename} cannot be read "
-                                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-
-
 def _file(name: str, filename: str, hub: dict, what: str, required: bool = True) -> Path | None:
-    """`filename` of a checkpoint: a local directory's own, else the hub repo's."""
+    """`filename` of a checkpoint (a local directory or a hub repo id, through emu3_vq.hub, which
+    fetches that file only); None for a file it does not have when not `required`."""
+    from emu3_vq import hub as hub_files
+
     directory = Path(name)
-    if directory.is_dir():
-        path = directory / filename
-        if path.is_file():
-            return path
-        if required:
-            raise FileNotFoundError(f"{name} is not {what} directory (no {filename})")
-        return None
-    if not _HUB_ID.match(name):
+    if not directory.is_dir() and not hub_files.is_repo_id(name):
         raise FileNotFoundError(f"{name} is not {what} directory (no {filename}), nor a hub repo id (org/name)")
-    return _hub_file(name, filename, hub, required)
+    if directory.is_dir() and required and not (directory / filename).is_file():
+        raise FileNotFoundError(f"{name} is not {what} directory (no {filename})")
+    folder = hub_files.resolve(name, [filename], required=(filename,) if required else (), **hub)
+    path = folder / filename
+    return path if path.is_file() else None
 
 
 def _given(**kwargs) -> dict:

@@ -18,10 +18,11 @@ from __future__ import annotations
 import json
 import numbers
 import os
-import re
 from pathlib import Path
 
 import mindspore as ms
+from emu3_vq import hub
+from emu3_vq.device import resolve_dtype
 from emu3_vq.weights import CheckpointError, checkpoint_keys, iter_checkpoint, load_into, write_checkpoint
 
 from .config import Emu3LMConfig
@@ -36,51 +37,19 @@ _HF_TO_OURS = (
     ("lm_head.", "lm_head."),
 )
 _VQ_PREFIXES = ("vqmodel.", "model.vqmodel.")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
-_DTYPES = {
-    "float32": ms.float32, "fp32": ms.float32, "f32": ms.float32,
-    "float16": ms.float16, "fp16": ms.float16, "f16": ms.float16,
-    "bfloat16": ms.bfloat16, "bf16": ms.bfloat16,
-}
 _FILE_DTYPES = {ms.float32: "F32", ms.float16: "F16", ms.bfloat16: "BF16"}
 
 
 def _ms_dtype(dtype):
-    if dtype is None or not isinstance(dtype, str):
-        return dtype
-    try:
-        return _DTYPES[dtype.lower()]
-    except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)} or a mindspore dtype") \
-            from None
+    return resolve_dtype(dtype)
 
 
-def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
-    """A local checkpoint directory, or a hub id ("BAAI/Emu3-Gen") found in the local Hugging Face cache."""
-    p = Path(path)
-    if p.is_dir():
-        return p
-    if p.exists():
-        raise FileNotFoundError(f"{p} is a file; pass the checkpoint directory "
-                                f"(with config.json and *.safetensors)")
-    name = str(path)
-    if not _HUB_ID.match(name):
-        raise FileNotFoundError(f"checkpoint directory not found: {p}")
-    how = (f"download it first, e.g. `huggingface-cli download {name} --include '*.json' '*.safetensors'` "
-           f"(pip install huggingface_hub; it lands in the Hugging Face cache, $HF_HOME/hub, default "
-           f"~/.cache/huggingface/hub), or pass the local directory that holds config.json and the "
-           f".safetensors files")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise FileNotFoundError(f"{name!r} is not a local directory and huggingface_hub is not installed to "
-                                f"look it up in the Hugging Face cache; {how}") from None
-    try:
-        return Path(snapshot_download(name, local_files_only=True))
-    except Exception as exc:  # LocalEntryNotFoundError and friends: not cached, no network wanted
-        raise FileNotFoundError(f"{name!r} is not a local directory and not in the local Hugging Face cache "
-                                f"({type(exc).__name__}); {how}") from None
+def resolve_checkpoint_dir(path, revision=None, cache_dir=None, local_files_only: bool = False) -> Path:
+    """A local checkpoint directory, or the cached snapshot of a hub repo id ("BAAI/Emu3-Gen"),
+    fetched when online with config.json and only the shards that hold LM weights (emu3_vq.hub)."""
+    return hub.resolve_weights(path, lambda key: not key.startswith(_VQ_PREFIXES), revision=revision,
+                               cache_dir=cache_dir, local_files_only=local_files_only)
 
 
 def detect_layout(keys) -> str:
@@ -109,9 +78,10 @@ def from_param_name(name: str, layout: str) -> str:
     raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
 
 
-def load_pretrained(cls, path: str | os.PathLike, dtype=None):
-    """Build `cls(config)` from a checkpoint directory (either layout) or a cached hub id, strictly."""
-    directory = resolve_checkpoint_dir(path)
+def load_pretrained(cls, path: str | os.PathLike, dtype=None, *, revision=None, cache_dir=None,
+                    local_files_only: bool = False):
+    """Build `cls(config)` from a checkpoint directory (either layout) or a hub repo id, strictly."""
+    directory = resolve_checkpoint_dir(path, revision, cache_dir, local_files_only)
     config_file = directory / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{directory}: no config.json")
@@ -159,7 +129,7 @@ def save_arrays(config: Emu3LMConfig, arrays, directory: str | os.PathLike, layo
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     file_dtype = _ms_dtype(dtype)
     if file_dtype not in _FILE_DTYPES:
-        raise ValueError(f"cannot save dtype {file_dtype}; use one of {sorted(_DTYPES)}")
+        raise ValueError(f"cannot save dtype {file_dtype}; use fp32, fp16 or bf16")
     shard = max_shard_bytes
     if shard is not None and (isinstance(shard, bool) or not isinstance(shard, numbers.Integral) or shard < 1):
         raise ValueError(f"max_shard_bytes must be a positive number of bytes or None, got {shard!r}")

@@ -167,6 +167,15 @@ class Emu3LMConfig:
         return cls(**kwargs)
 
     @classmethod
+    def from_pretrained(cls, path, *, revision=None, cache_dir=None, local_files_only: bool = False) -> Emu3LMConfig:
+        """The config.json of a checkpoint directory or hub repo id (that file only; see emu3_vq.hub)."""
+        from emu3_vq import hub
+
+        directory = hub.resolve(path, ["config.json"], revision=revision, cache_dir=cache_dir,
+                                local_files_only=local_files_only)
+        return cls.from_json_file(directory / "config.json")
+
+    @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> Emu3LMConfig:
         """`from_dict` of a config.json; every error names the file."""
         try:

@@ -338,12 +338,15 @@ class Emu3ForCausalLM(nn.Cell):
 
     # ---- checkpoints (checkpoint.py) -----------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path, dtype=None) -> Emu3ForCausalLM:
-        """Load a local checkpoint directory (original or -hf layout) or a hub id already in the local
-        Hugging Face cache; strict about keys and shapes. dtype: default `emu3_vq.device.policy().dtype`."""
+    def from_pretrained(cls, path, dtype=None, *, revision=None, cache_dir=None,
+                        local_files_only: bool = False) -> Emu3ForCausalLM:
+        """Load a checkpoint (original or -hf layout) from a local directory or a hub repo id (only
+        config.json and the LM's shards are fetched; see emu3_vq.hub); strict about keys and shapes.
+        dtype: "fp32" | "fp16" | "bf16" or a MindSpore dtype; default `emu3_vq.device.policy().dtype`."""
         from .checkpoint import load_pretrained
 
-        return load_pretrained(cls, path, dtype)
+        return load_pretrained(cls, path, dtype, revision=revision, cache_dir=cache_dir,
+                               local_files_only=local_files_only)
 
     def save_pretrained(self, directory, layout: str = "original", max_shard_bytes: int | None = None,
                         dtype=None):

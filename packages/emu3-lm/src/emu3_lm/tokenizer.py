@@ -255,7 +255,11 @@ class _SentencePieceBackend:
     format = "sentencepiece"
 
     def __init__(self, path: Path, num_visual_tokens: int):
-        import sentencepiece as spm
+        try:
+            import sentencepiece as spm
+        except ImportError:
+            raise ImportError(f"the tokenizer at {path} is a sentencepiece model: "
+                              f"pip install 'emu3-lm[sentencepiece]'") from None
 
         self.sp = spm.SentencePieceProcessor()
         try:
@@ -321,9 +325,18 @@ class Emu3Tokenizer:
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, format: str | None = None) -> "Emu3Tokenizer":
+    def from_pretrained(cls, path: str | os.PathLike, format: str | None = None, *, revision=None,
+                        cache_dir=None, local_files_only: bool = False) -> "Emu3Tokenizer":
         """Load from a directory holding one of the three formats (detected unless `format`
-        names one of ``"tiktoken"``, ``"tokenizer.json"``, ``"sentencepiece"``)."""
+        names one of ``"tiktoken"``, ``"tokenizer.json"``, ``"sentencepiece"``), or from a hub
+        repo id (only the tokenizer's files are fetched; see emu3_vq.hub)."""
+        from emu3_vq import hub
+
+        if hub.is_repo_id(path):
+            files = [TIKTOKEN_FILE, VISION_TOKENS_FILE, TOKENIZER_JSON, SENTENCEPIECE_FILE, CONFIG_FILE,
+                     "special_tokens_map.json"]
+            path = hub.resolve(path, files, required=(),
+                               revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
         directory = Path(path)
         if not directory.is_dir():
             raise FileNotFoundError(f"tokenizer directory {directory} does not exist")

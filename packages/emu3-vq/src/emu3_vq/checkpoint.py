@@ -143,10 +143,18 @@ def detect_layout(names) -> str:
     return "hf" if any(_HF_MARKERS.search(n) for n in names) else "original"
 
 
-def from_pretrained(cls, path, dtype=None, **kwargs):
+def _vq_key(key: str) -> bool:
+    """Whether a checkpoint key can belong to a vision tokenizer (not to a combined -hf LM)."""
+    return key.startswith(HF_VQ_PREFIXES) or not key.startswith(("text_model.", "model.", "lm_head."))
+
+
+def from_pretrained(cls, path, dtype=None, *, revision=None, cache_dir=None, local_files_only=False, **kwargs):
     """Build `cls(config, dtype=dtype, **kwargs)` from a local checkpoint directory and load
     its weights strictly (see the module docstring for the layouts accepted)."""
-    directory = Path(path)
+    from . import hub
+
+    directory = hub.resolve_weights(path, _vq_key, revision=revision, cache_dir=cache_dir,
+                                    local_files_only=local_files_only)
     raw_config = _read_config(directory)
     try:
         config = Emu3VQConfig.from_dict(raw_config)

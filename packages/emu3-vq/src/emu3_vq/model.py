@@ -496,6 +496,7 @@ class Emu3VQModel(nn.Cell):
                  frame_batch: int | None = None):
         super().__init__()
         self.config = config
+        dtype = device.resolve_dtype(dtype)
         self.compute_dtype = None if dtype in (None, ms.float32) else dtype
         self.encoder = Encoder(config, impl, self.compute_dtype)
         self.decoder = Decoder(config, impl, self.compute_dtype)
@@ -643,11 +644,15 @@ class Emu3VQModel(nn.Cell):
         return frames.reshape((b, t) + tuple(frames.shape[1:]))
 
     @classmethod
-    def from_pretrained(cls, path, dtype=None, **kwargs) -> Emu3VQModel:
-        """Load a local checkpoint directory, original or `-hf` layout (see checkpoint.py)."""
+    def from_pretrained(cls, path, dtype=None, *, revision=None, cache_dir=None, local_files_only: bool = False,
+                        **kwargs) -> Emu3VQModel:
+        """Load a checkpoint, original or `-hf` layout (see checkpoint.py): a local directory or a
+        hub repo id (only config.json and the tokenizer's own shards are fetched; see emu3_vq.hub).
+        `dtype`: "fp32" | "fp16" | "bf16" or a MindSpore dtype."""
         from emu3_vq.checkpoint import from_pretrained
 
-        return from_pretrained(cls, path, dtype=dtype, **kwargs)
+        return from_pretrained(cls, path, dtype=dtype, revision=revision, cache_dir=cache_dir,
+                               local_files_only=local_files_only, **kwargs)
 
     def save_pretrained(self, directory, layout: str = "original", **kwargs) -> None:
         """Write config.json + safetensors in the `original` or `hf` layout (see checkpoint.py)."""

@@ -190,8 +190,15 @@ class Emu3ImageProcessor:
         return {**self.extra, **d}
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> "Emu3ImageProcessor":
-        """Load from a checkpoint directory (its preprocessor_config.json) or a JSON file."""
+    def from_pretrained(cls, path: str | os.PathLike, *, revision=None, cache_dir=None,
+                        local_files_only: bool = False) -> "Emu3ImageProcessor":
+        """Load from a checkpoint directory (its preprocessor_config.json), a JSON file, or a hub
+        repo id (only preprocessor_config.json is fetched; see emu3_vq.hub)."""
+        from . import hub
+
+        if hub.is_repo_id(path):
+            path = hub.resolve(path, [CONFIG_NAME], required=(CONFIG_NAME,), revision=revision, cache_dir=cache_dir,
+                               local_files_only=local_files_only)
         path = Path(path)
         file = path / CONFIG_NAME if path.is_dir() else path
         if not file.is_file():
