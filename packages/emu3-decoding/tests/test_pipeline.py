@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from emu3_decoding import pipeline as pipeline_module
 from emu3_decoding.image import NEGATIVE_PROMPT, generate_image
 from emu3_decoding.pipeline import Emu3Pipeline, read_generation_config
 from emu3_decoding.sampling import Sampling
@@ -187,46 +186,31 @@ def test_checkpoint_names(checkpoints, tmp_path):
     assert demo.source["model"] == "demo" and demo.config.num_hidden_layers == 2
 
 
-def test_hub_repo_ids_reach_every_loader(checkpoints, monkeypatch):
-    """A repo id goes to each from_pretrained as given, with revision (of the model repo),
-    cache_dir and local_files_only; the small files first, the weights on load()."""
-    from emu3_lm.tokenizer import Emu3Tokenizer
-    from emu3_vq.model import Emu3VQModel
-    from emu3_vq.processor import Emu3ImageProcessor
+def test_repo_ids_from_a_local_hub_cache(checkpoints, pipe, hub_cache, tmp_path, monkeypatch, capsys):
+    """The pipeline and `emu3 generate` by repo id, offline from the Hugging Face cache: the same
+    image as from the local directories; an absent repo is one line saying how to download."""
+    import huggingface_hub.constants
+    from emu3_vq import cli
 
-    local = {"org/lm": checkpoints[0], "org/vq": checkpoints[1]}
-    calls = []
+    cache, publish = hub_cache
+    publish("org/lm", Path(checkpoints[0]))
+    publish("org/vq", Path(checkpoints[1]))
+    by_id = Emu3Pipeline.from_pretrained("org/lm", "org/vq", cache_dir=cache, local_files_only=True)
+    assert by_id.source["model"] == "org/lm"
+    want = pipe("a red circle", seed=3).images[0]
+    assert np.array_equal(np.asarray(by_id("a red circle", seed=3).images[0]), np.asarray(want))
 
-    def hub_file(repo, filename, hub, required):
-        calls.append(("file", repo, filename, hub))
-        path = Path(local[repo]) / filename
-        return path if path.is_file() else None
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    out = tmp_path / "image.png"
+    code = cli.main(["generate", "image", "a red circle", "--model", "org/lm", "--vq", "org/vq", "--seed", "3",
+                     "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    from PIL import Image
 
-    def loader(cls, original):
-        def load(klass, name, **kwargs):
-            calls.append((cls, name, dict(kwargs)))
-            hub = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "local_files_only") if k in kwargs}
-            assert hub  # a repo id always carries the hub options set
-            return original.__func__(klass, local[name], **kwargs)
-
-        return classmethod(load)
-
-    monkeypatch.setattr(pipeline_module, "_hub_file", hub_file)
-    for cls in (Emu3Tokenizer, Emu3ImageProcessor, Emu3ForCausalLM, Emu3VQModel):
-        monkeypatch.setattr(cls, "from_pretrained", loader(cls.__name__, cls.from_pretrained))
-    pipe = Emu3Pipeline.from_pretrained("org/lm", "org/vq", "fp32", revision="v2", cache_dir="/cache",
-                                        local_files_only=True, lazy=True)
-    lm_hub = {"cache_dir": "/cache", "local_files_only": True, "revision": "v2"}
-    vq_hub = {"cache_dir": "/cache", "local_files_only": True}
-    assert calls == [("file", "org/lm", "config.json", lm_hub), ("file", "org/vq", "config.json", vq_hub),
-                     ("file", "org/lm", "generation_config.json", lm_hub),
-                     ("Emu3Tokenizer", "org/lm", lm_hub), ("Emu3ImageProcessor", "org/vq", vq_hub)]
-    assert pipe.source == {"model": "org/lm", "vq": "org/vq", "revision": "v2", "dtype": "fp32"}
-    del calls[:]
-    pipe.load()
-    assert [c[:2] for c in calls] == [("Emu3ForCausalLM", "org/lm"), ("Emu3VQModel", "org/vq")]
-    assert calls[0][2]["revision"] == "v2" and "revision" not in calls[1][2]
-    assert calls[1][2]["jit"] is True and str(calls[0][2]["dtype"]) == "Float32"
+    assert np.array_equal(np.asarray(Image.open(out).convert("RGB")), np.asarray(want))
+    code = cli.main(["generate", "image", "x", "--model", "org/absent", "--vq", "org/vq", "--out",
+                     str(tmp_path / "b.png")])
+    assert code == 2 and "hf download org/absent" in capsys.readouterr().err
 
 
 def test_a_pipeline_from_loaded_parts(pipe):

@@ -135,22 +135,29 @@ class Emu3Processor:
         self._system_ids = tokenizer.encode(SYSTEM_PROMPT)
 
     @classmethod
-    def from_pretrained(cls, tokenizer_dir, vq_dir=None, image_area: int | None = None,
-                        **vq_kwargs) -> "Emu3Processor":
-        """Tokenizer from `tokenizer_dir` (an LM checkpoint directory); image processor and VQ
-        model from `vq_dir` (a vision tokenizer or combined -hf directory) when given.
+    def from_pretrained(cls, tokenizer_dir, vq_dir=None, image_area: int | None = None, *, revision=None,
+                        cache_dir=None, local_files_only: bool = False, **vq_kwargs) -> "Emu3Processor":
+        """Tokenizer from `tokenizer_dir` (an LM checkpoint); image processor and VQ model from
+        `vq_dir` (a vision tokenizer or combined -hf checkpoint) when given. Each is a local
+        directory or a hub repo id (`revision`, `cache_dir`, `local_files_only`: see emu3_vq.hub).
         `image_area` defaults to the LM config.json's ``image_area`` (else 518400);
         `vq_kwargs` go to ``Emu3VQModel.from_pretrained`` (e.g. ``jit=False``)."""
-        tokenizer = Emu3Tokenizer.from_pretrained(tokenizer_dir)
+        from emu3_vq import hub as hub_files
+
+        hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
+        tokenizer = Emu3Tokenizer.from_pretrained(tokenizer_dir, **hub)
         if image_area is None:
-            image_area = _config_image_area(Path(tokenizer_dir) / "config.json")
+            folder = Path(tokenizer_dir)
+            if hub_files.is_repo_id(tokenizer_dir):
+                folder = hub_files.resolve(tokenizer_dir, ["config.json"], required=(), **hub)
+            image_area = _config_image_area(folder / "config.json")
         image_processor = vq_model = None
         if vq_dir is not None:
             from emu3_vq.model import Emu3VQModel
             from emu3_vq.processor import Emu3ImageProcessor
 
-            image_processor = Emu3ImageProcessor.from_pretrained(vq_dir)
-            vq_model = Emu3VQModel.from_pretrained(vq_dir, **vq_kwargs)
+            image_processor = Emu3ImageProcessor.from_pretrained(vq_dir, **hub)
+            vq_model = Emu3VQModel.from_pretrained(vq_dir, **hub, **vq_kwargs)
         return cls(image_processor, vq_model, tokenizer, image_area=image_area)
 
     # ---- layouts ----------------------------------------------------------------------------
