@@ -291,3 +291,16 @@ def test_cli_defaults_are_the_references(train_commands_only):
                              "--out", "o"])
     assert (t2i.image_area, vqa.image_area) == (720 * 720, 480 * 320)
     assert (t2i.skip_bad, t2i.jit) == (False, "auto")
+
+
+def test_prepare_takes_a_hub_repo_id(t2i_input, vq_dir, tmp_path, hub_cache, monkeypatch):
+    """--vq ORG/NAME from the local Hugging Face cache: the same samples as the local directory."""
+    import huggingface_hub.constants
+
+    cache, publish = hub_cache
+    publish("org/tiny-vq", vq_dir)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    result = prepare_t2i(t2i_input, "org/tiny-vq", tmp_path / "out", image_area=AREA, progress=False)
+    assert result.written == 2
+    with pytest.raises(UserError, match="hf download org/absent"):
+        prepare_t2i(t2i_input, "org/absent", tmp_path / "out2", image_area=AREA, progress=False)

@@ -207,6 +207,20 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
                   directories=[features] if features.exists() else ())
 
 
+def _vq_checkpoint(vq) -> Path:
+    """A local vision tokenizer directory, or the cached snapshot of a hub repo id holding its
+    config.json, preprocessor_config.json and weights (emu3_vq.hub)."""
+    from emu3_vq import hub
+
+    if not hub.is_repo_id(vq):
+        return Path(vq)
+    try:
+        hub.resolve(vq, ["preprocessor_config.json"], required=("preprocessor_config.json",))
+        return hub.resolve_weights(vq, lambda key: True)  # the same snapshot folder, weights added
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from None
+
+
 def _load_vq_files(vq_dir: Path):
     """The checkpoint's config and image processor (cheap: no weights), checked."""
     from emu3_vq.config import Emu3VQConfig
@@ -247,7 +261,7 @@ def _run(records: list[Record], problems: list[tuple[int, str]], vq_dir, out_dir
     from emu3_vq import media
     from tqdm import tqdm
 
-    vq_dir, out_dir = Path(vq_dir), Path(out_dir)
+    vq_dir, out_dir = _vq_checkpoint(vq_dir), Path(out_dir)
     config, processor = _load_vq_files(vq_dir)
     _check_out_dir(out_dir, overwrite)
     good = []
