@@ -217,8 +217,8 @@ FPS = "argument --fps: fps must be a number from 0.01 to 100"
     (["video-continue", "clip", "--frames", "4", "--seed", "-1"], "argument --seed: must be an integer >= 0"),
     (["video-continue", "clip", "--frames", "6"], "emu3: error: --frames must be a positive multiple of 4"),
     (["answer", "img.png", "what?", "--max-new-tokens", "0"], "argument --max-new-tokens: must be an"),
-    (["answer", "img.png", "what?", "--temperature", "nan"], "argument --temperature: the temperature must be a "
-                                                              "finite number, got nan"),
+    (["answer", "img.png", "what?", "--temperature", "nan"],
+     "argument --temperature: the temperature must be a finite number, got nan"),
     (["answer", "img.png", "what?", "--temperature", "-1"], "argument --temperature: the temperature must be >= 0"),
     (["answer", "img.png", "what?", "--top-p", "0"], "argument --top-p: top-p must be in (0, 1], got 0.0"),
     (["answer", "img.png", "what?", "--top-k", "-2"], "argument --top-k: must be an integer >= 0, got -2"),

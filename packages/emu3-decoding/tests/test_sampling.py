@@ -4,7 +4,7 @@ import mindspore as ms
 import numpy as np
 import pytest
 import torch
-from emu3_decoding.sampling import GREEDY, Sampling, filtered_logits, sample, uniforms
+from emu3_decoding.sampling import GREEDY, Sampling, check_seeds, filtered_logits, sample, uniforms
 from mindspore import Tensor, nn
 from transformers.generation.logits_process import (
     TemperatureLogitsWarper,
@@ -86,6 +86,21 @@ def test_seed_reproducibility_and_batches():
     assert np.array_equal(runs[0], runs[1])
     assert not np.array_equal(runs[0], runs[2])
     assert len({tuple(r) for r in np.array(runs[0]).T}) == 3
+
+
+def test_one_seed_per_row_draws_what_the_row_draws_alone():
+    """A list of seeds: column i is what a batch of one draws with seed[i] (the pipeline's
+    image j with seed s + j is the image made alone with that seed)."""
+    both = uniforms([5, 9], 10, 2)
+    np.testing.assert_array_equal(both[:, 0], uniforms(5, 10, 1)[:, 0])
+    np.testing.assert_array_equal(both[:, 1], uniforms(9, 10, 1)[:, 0])
+    assert check_seeds(3, 4) == 3 and check_seeds(None, 2) is None and check_seeds((1, 2), 2) == [1, 2]
+    with pytest.raises(ValueError, match="seed: 1 seeds given for 2 rows"):
+        uniforms([5], 10, 2)
+    with pytest.raises(ValueError, match="seed must be an integer >= 0, got -1"):
+        check_seeds([1, -1], 2)
+    with pytest.raises(ValueError, match="seed must be an integer >= 0 or a list of them"):
+        check_seeds("5", 1)
 
 
 def test_bad_settings():

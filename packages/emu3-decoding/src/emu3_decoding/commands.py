@@ -26,7 +26,6 @@ from emu3_vq import media
 from emu3_vq.cli import UserError, add_runtime_options, apply_runtime, arg_type, check_outputs, int_at_least
 
 
-
 def _default(key: str, value) -> str:
     """How a help text says where a default comes from."""
     return f"default: the checkpoint's generation_config.json {key}, else {value}"
