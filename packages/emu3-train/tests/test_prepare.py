@@ -277,7 +277,7 @@ def test_cli_prepare_vqa(vqa_input, vq_dir, tmp_path, capsys, train_commands_onl
     conv, image_root = vqa_input
     code = cli.main(["train", "prepare-vqa", "--conversations", str(conv), "--image-root", str(image_root),
                      "--vq", str(vq_dir), "--out", str(tmp_path / "out"), "--image-area", str(AREA),
-                     "--device", "cpu", "--threads", "2", "--dtype", "fp32"])
+                     "--dtype", "fp32"])
     stdout, stderr = capsys.readouterr()
     assert code == 0, stderr
     assert "wrote 2 samples" in stdout
@@ -301,6 +301,9 @@ def test_prepare_takes_a_hub_repo_id(t2i_input, vq_dir, tmp_path, hub_cache, mon
     publish("org/tiny-vq", vq_dir)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     result = prepare_t2i(t2i_input, "org/tiny-vq", tmp_path / "out", image_area=AREA, progress=False)
-    assert result.written == 2
+    local = prepare_t2i(t2i_input, vq_dir, tmp_path / "local", image_area=AREA, progress=False)
+    assert result.written == local.written > 0
+    a, b = dataset.read_list(result.list_path), dataset.read_list(local.list_path)
+    assert np.array_equal(a.read(0).images, b.read(0).images)
     with pytest.raises(UserError, match="hf download org/absent"):
         prepare_t2i(t2i_input, "org/absent", tmp_path / "out2", image_area=AREA, progress=False)

@@ -1,7 +1,9 @@
 """Checkpoint layouts of the vision tokenizer: key tables, loading and saving.
 
-Two layouts, both read from a local directory holding config.json and safetensors
-(one `model.safetensors` or shards with `model.safetensors.index.json`):
+Two layouts, both read from a directory holding config.json and safetensors (one
+`model.safetensors` or shards with `model.safetensors.index.json`): a local directory, or the
+cached snapshot of a hub repo id (emu3_vq.hub; only config.json and the shards holding VQ keys
+are fetched):
 
 - original (BAAI/Emu3-VisionTokenizer): keys are the model's own parameter names,
   `encoder.down.0.block.0.norm1.weight`, `decoder.up.3.attn.0.q.weight` [C, C, 1, 1], ...
@@ -27,6 +29,7 @@ import numpy as np
 
 from emu3_vq import weights
 from emu3_vq.config import Emu3VQConfig, read_json
+from emu3_vq.device import dtype_name
 from emu3_vq.weights import CheckpointError
 
 # Original name -> -hf name: (pattern, replacement) applied in this order to every key, as
@@ -65,6 +68,9 @@ _ATTN_PROJ_WEIGHT = re.compile(r"\.attn(_1|\.\d+)\.(q|k|v|proj_out)\.weight$")
 # Where the VQ lives inside a combined Emu3 -hf checkpoint (the hub files, then what current
 # transformers writes after its load-time renames).
 HF_VQ_PREFIXES = ("vqmodel.", "model.vqmodel.")
+
+# dtype spelling -> safetensors dtype name of the file
+_FILE_DTYPES = {"fp32": "F32", "fp16": "F16", "bf16": "BF16"}
 
 # Names that only exist in the -hf spelling.
 _HF_MARKERS = re.compile(r"(^|\.)(down_block|up_block|middle_block)\.")
@@ -149,8 +155,9 @@ def _vq_key(key: str) -> bool:
 
 
 def from_pretrained(cls, path, dtype=None, *, revision=None, cache_dir=None, local_files_only=False, **kwargs):
-    """Build `cls(config, dtype=dtype, **kwargs)` from a local checkpoint directory and load
-    its weights strictly (see the module docstring for the layouts accepted)."""
+    """Build `cls(config, dtype=dtype, **kwargs)` from a checkpoint directory or hub repo id
+    (`revision`, `cache_dir`, `local_files_only`: see emu3_vq.hub) and load its weights strictly
+    (see the module docstring for the layouts accepted)."""
     from . import hub
 
     directory = hub.resolve_weights(path, _vq_key, revision=revision, cache_dir=cache_dir,
@@ -225,12 +232,12 @@ def hf_config_dict(config: Emu3VQConfig) -> dict:
 
 
 def save_pretrained(model, directory, layout: str = "original", max_shard_bytes: int | None = None,
-                    dtype: str | None = None) -> None:
+                    dtype=None) -> None:
     """Write config.json and the weights of `model` to `directory`.
 
     layout: 'original' (BAAI/Emu3-VisionTokenizer keys) or 'hf' (standalone transformers
     Emu3VQVAE). max_shard_bytes: shard into `model-0000X-of-0000Y.safetensors` + index.
-    dtype: 'F32', 'F16' or 'BF16' for the floating tensors (None keeps fp32).
+    dtype: "fp32" | "fp16" | "bf16" or a MindSpore dtype for the floating tensors (None: fp32).
     The weights are committed as a whole (`weights.write_checkpoint`), then config.json is
     replaced; a save interrupted between the two leaves the new weights beside the old
     config.json, which loads only when both models share one architecture (and then gives the
@@ -238,6 +245,7 @@ def save_pretrained(model, directory, layout: str = "original", max_shard_bytes:
     """
     if layout not in ("original", "hf"):
         raise ValueError(f"layout must be 'original' or 'hf', got {layout!r}")
+    file_dtype = None if dtype is None else _FILE_DTYPES[dtype_name(dtype)]
     directory = Path(directory)
     state = weights.state_dict_numpy(model)
     if layout == "hf":
@@ -245,6 +253,6 @@ def save_pretrained(model, directory, layout: str = "original", max_shard_bytes:
         config = hf_config_dict(model.config)
     else:
         config = model.config.to_dict("original")
-    weights.write_checkpoint(directory, state, max_shard_bytes=max_shard_bytes, dtype=dtype)
+    weights.write_checkpoint(directory, state, max_shard_bytes=max_shard_bytes, dtype=file_dtype)
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
     weights.atomic_write(directory / "config.json", lambda f: f.write(text.encode("utf-8")))

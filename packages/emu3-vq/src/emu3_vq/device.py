@@ -118,13 +118,23 @@ def select(device: str | None = None, device_id: int | None = None, threads: int
     if device is not None:
         if device not in DEVICES:
             raise ValueError(f"unknown device {device!r}: use one of {', '.join(DEVICES)}")
-        if device_id is not None:
-            ms.set_device(DEVICES[device], device_id)
-        else:
-            ms.set_device(DEVICES[device])
+        try:
+            if device_id is not None:
+                ms.set_device(DEVICES[device], device_id)
+            else:
+                ms.set_device(DEVICES[device])
+        except RuntimeError:  # MindSpore's runtime already started in this process
+            if device_id is not None or DEVICES[device] != ms.get_context("device_target"):
+                raise ValueError(f"cannot move to {device}: MindSpore already runs on "
+                                 f"{ms.get_context('device_target')} in this process; choose the device "
+                                 f"before any model runs") from None
     elif device_id is not None:
         raise ValueError("a device id needs a device (--device gpu or ascend)")
     if threads is not None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
-        ms.device_context.cpu.op_tuning.threads_num(threads)
+        try:
+            ms.device_context.cpu.op_tuning.threads_num(threads)
+        except RuntimeError:
+            raise ValueError("cannot change the CPU thread count once MindSpore has run in this process; set "
+                             "it before any model runs") from None
