@@ -137,3 +137,39 @@ def hub_cache(tmp_path):
     cache = tmp_path / "hf-cache"
     cache.mkdir()
     return cache, lambda repo_id, source, revision="main": publish_to_hub_cache(cache, repo_id, source, revision)
+
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):
+    """A stand-in for the hub, online: `serve(repo_id, folder)` makes `folder` that repository;
+    `huggingface_hub.snapshot_download` then copies the files that `allow_patterns` name (fnmatch)
+    into a snapshot folder kept across calls, as the cache is. Returns (serve, calls): each call
+    a dict of repo_id, revision, local_files_only, allow_patterns and `fetched`, the files it
+    copied. A repo never served raises huggingface_hub's RepositoryNotFoundError."""
+    import fnmatch
+    import types
+
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    remotes: dict[str, Path] = {}
+    calls: list[dict] = []
+
+    def snapshot_download(repo_id, *, revision=None, cache_dir=None, local_files_only=False,
+                          allow_patterns=None, **_):
+        call = {"repo_id": repo_id, "revision": revision, "local_files_only": local_files_only,
+                "allow_patterns": list(allow_patterns or ["*"]), "fetched": []}
+        calls.append(call)
+        if repo_id not in remotes:
+            response = types.SimpleNamespace(status_code=404, headers={}, request=None)
+            raise errors.RepositoryNotFoundError(f"404: {repo_id}", response=response)
+        snapshot = tmp_path / "fake-hub-snapshots" / repo_id.replace("/", "--")
+        snapshot.mkdir(parents=True, exist_ok=True)
+        for file in sorted(remotes[repo_id].iterdir()):
+            if file.is_file() and any(fnmatch.fnmatch(file.name, p) for p in call["allow_patterns"]):
+                shutil.copyfile(file, snapshot / file.name)
+                call["fetched"].append(file.name)
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    return (lambda repo_id, folder: remotes.__setitem__(repo_id, Path(folder))), calls

@@ -1,4 +1,5 @@
-"""Checkpoints: config.json formats, strict key/shape errors, sharded bf16 round trips, hub ids."""
+"""Checkpoints: config.json formats, strict key/shape errors, sharded bf16 round trips (hub repo
+ids and dtype spellings: test_hub.py)."""
 
 import json
 
@@ -172,52 +173,3 @@ def test_bad_paths(tmp_path):
         Emu3ForCausalLM.from_pretrained(tmp_path / "file.safetensors")
     with pytest.raises(ValueError, match="layout must be one of"):
         Emu3ForCausalLM(Emu3LMConfig.from_name("tiny")).save_pretrained(tmp_path / "x", layout="gguf")
-
-
-# ---- hub ids -----------------------------------------------------------------------------
-
-def test_hub_id_resolves_through_the_local_cache(model, tmp_path, hub_cache):
-    cache, publish = hub_cache
-    model.save_pretrained(tmp_path / "tiny")
-    publish("BAAI/Emu3-Tiny", tmp_path / "tiny")
-    loaded = Emu3ForCausalLM.from_pretrained("BAAI/Emu3-Tiny", dtype="fp32", cache_dir=cache)
-    np.testing.assert_array_equal(loaded.lm_head.weight.asnumpy(), model.lm_head.weight.asnumpy())
-    assert Emu3LMConfig.from_pretrained("BAAI/Emu3-Tiny", cache_dir=cache) == model.config
-
-    message = (r"'BAAI/Emu3-Gen' is not a local directory and not in the local Hugging Face cache"
-               r".*hf download BAAI/Emu3-Gen")
-    with pytest.raises(FileNotFoundError, match=message):
-        Emu3ForCausalLM.from_pretrained("BAAI/Emu3-Gen", cache_dir=cache)
-
-
-def test_one_dtype_spelling(tmp_path, model):
-    model.save_pretrained(tmp_path / "m")
-    assert Emu3ForCausalLM.from_pretrained(tmp_path / "m", dtype="fp16").dtype == ms.float16
-    assert Emu3ForCausalLM.from_pretrained(tmp_path / "m", dtype=ms.float32).dtype == ms.float32
-    for other in ("float32", "BF16", "bfloat16"):
-        with pytest.raises(ValueError, match="use one of fp32, fp16, bf16"):
-            Emu3ForCausalLM.from_pretrained(tmp_path / "m", dtype=other)
-
-
-@pytest.mark.parametrize("fmt", ["tiktoken", "tokenizer.json"])
-def test_tokenizer_and_processor_by_repo_id(tmp_path, hub_cache, fmt):
-    from emu3_lm.processor import Emu3Processor
-    from emu3_lm.tiny_assets import build_tokenizer
-    from emu3_lm.tokenizer import Emu3Tokenizer
-    from emu3_vq import tiny
-
-    cache, publish = hub_cache
-    local = tmp_path / "tok"
-    build_tokenizer(local, fmt, num_visual_tokens=64)
-    (local / "model.safetensors").write_bytes(b"not fetched")  # a tokenizer fetches its own files only
-    snapshot = publish("org/tiny-tok", local)
-    by_id = Emu3Tokenizer.from_pretrained("org/tiny-tok", cache_dir=cache)
-    by_dir = Emu3Tokenizer.from_pretrained(local)
-    text = "a red circle on a blue background"
-    assert by_id.encode(text) == by_dir.encode(text) and by_id.format == fmt
-    assert (snapshot / "model.safetensors").exists()  # the stand-in cache holds it; nothing read it
-
-    vq = tiny.build_tiny_checkpoint(tmp_path / "vq", "micro", seed=0)
-    publish("org/tiny-vq", vq)
-    processor = Emu3Processor.from_pretrained("org/tiny-tok", "org/tiny-vq", cache_dir=cache)
-    assert processor.tokenizer.encode(text) == by_dir.encode(text) and processor.vq_model is not None

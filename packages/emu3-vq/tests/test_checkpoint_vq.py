@@ -125,7 +125,7 @@ def test_sharded_hf_checkpoint(model, tmp_path):
 
 
 def test_bf16_checkpoint_loads_rounded(model, tmp_path):
-    model.save_pretrained(tmp_path, dtype="BF16")
+    model.save_pretrained(tmp_path, dtype="bf16")
     assert weights.checkpoint_keys(tmp_path)["quantize.embedding.weight"][0] == "BF16"
     loaded = _state(Emu3VQModel.from_pretrained(tmp_path, jit=False))
     for k, v in _state(model).items():

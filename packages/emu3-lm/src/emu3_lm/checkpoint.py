@@ -9,6 +9,8 @@ Emu3ForConditionalGeneration): config.json with `text_config`; LM keys `text_mod
 `text_model.lm_head.weight`. transformers' in-memory names `model.text_model.*` and a top-level
 `lm_head.weight` are accepted too. The vision tokenizer's keys (`vqmodel.*`) are skipped here.
 
+Either is read from a local directory or a hub repo id (emu3_vq.hub: only config.json and the
+shards holding LM keys are fetched, so the LM of a combined -hf repo leaves the VQ's shards).
 Loading reads one shard at a time and one tensor at a time into parameters created empty, so
 memory peaks at about the model plus one tensor.
 """
@@ -41,15 +43,10 @@ _VQ_PREFIXES = ("vqmodel.", "model.vqmodel.")
 _FILE_DTYPES = {ms.float32: "F32", ms.float16: "F16", ms.bfloat16: "BF16"}
 
 
-def _ms_dtype(dtype):
-    return resolve_dtype(dtype)
-
-
-def resolve_checkpoint_dir(path, revision=None, cache_dir=None, local_files_only: bool = False) -> Path:
-    """A local checkpoint directory, or the cached snapshot of a hub repo id ("BAAI/Emu3-Gen"),
-    fetched when online with config.json and only the shards that hold LM weights (emu3_vq.hub)."""
-    return hub.resolve_weights(path, lambda key: not key.startswith(_VQ_PREFIXES), revision=revision,
-                               cache_dir=cache_dir, local_files_only=local_files_only)
+def is_lm_key(key: str) -> bool:
+    """Whether a checkpoint key can hold LM weights (from a combined -hf repo only the shards
+    holding such keys are fetched)."""
+    return not key.startswith(_VQ_PREFIXES)
 
 
 def detect_layout(keys) -> str:
@@ -80,8 +77,10 @@ def from_param_name(name: str, layout: str) -> str:
 
 def load_pretrained(cls, path: str | os.PathLike, dtype=None, *, revision=None, cache_dir=None,
                     local_files_only: bool = False):
-    """Build `cls(config)` from a checkpoint directory (either layout) or a hub repo id, strictly."""
-    directory = resolve_checkpoint_dir(path, revision, cache_dir, local_files_only)
+    """Build `cls(config)` from a checkpoint directory (either layout) or a hub repo id, strictly.
+    `revision`, `cache_dir`, `local_files_only`: see emu3_vq.hub."""
+    directory = hub.resolve_weights(path, is_lm_key, revision=revision, cache_dir=cache_dir,
+                                    local_files_only=local_files_only)
     config_file = directory / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{directory}: no config.json")
@@ -99,7 +98,7 @@ def load_pretrained(cls, path: str | os.PathLike, dtype=None, *, revision=None, 
             raise CheckpointError(f"{directory}: keys {other!r} and {key!r} both give parameter {name!r}")
         names[key] = name
         expected[name] = shape
-    model = cls(config, dtype=_ms_dtype(dtype), init_weights=False)
+    model = cls(config, dtype=resolve_dtype(dtype), init_weights=False)
     arrays = ((names[key], arr) for key, arr in iter_checkpoint(directory, names=list(names), bf16="bits"))
     load_into(model, arrays, what=f"checkpoint {directory} ({layout} layout)", expected_names=expected)
     model.set_train(False)
@@ -115,7 +114,7 @@ def save_pretrained(model, directory: str | os.PathLike, layout: str = "original
     the vision tokenizer is saved by emu3-vq. Returns the files written.
     """
     return save_arrays(model.config, model.checkpoint_arrays(), directory, layout=layout,
-                       max_shard_bytes=max_shard_bytes, dtype=_ms_dtype(dtype) or model.dtype)
+                       max_shard_bytes=max_shard_bytes, dtype=resolve_dtype(dtype) or model.dtype)
 
 
 def save_arrays(config: Emu3LMConfig, arrays, directory: str | os.PathLike, layout: str = "original",
@@ -127,7 +126,7 @@ def save_arrays(config: Emu3LMConfig, arrays, directory: str | os.PathLike, layo
     directory behind."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    file_dtype = _ms_dtype(dtype)
+    file_dtype = resolve_dtype(dtype)
     if file_dtype not in _FILE_DTYPES:
         raise ValueError(f"cannot save dtype {file_dtype}; use fp32, fp16 or bf16")
     shard = max_shard_bytes

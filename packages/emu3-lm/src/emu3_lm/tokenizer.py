@@ -334,8 +334,8 @@ class Emu3Tokenizer:
 
         if hub.is_repo_id(path):
             files = [TIKTOKEN_FILE, VISION_TOKENS_FILE, TOKENIZER_JSON, SENTENCEPIECE_FILE, CONFIG_FILE,
-                     "special_tokens_map.json"]
-            path = hub.resolve(path, files, required=(),
+                     SPECIAL_TOKENS_MAP_FILE]
+            path = hub.resolve(path, files, required=[(TIKTOKEN_FILE, TOKENIZER_JSON, SENTENCEPIECE_FILE)],
                                revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
         directory = Path(path)
         if not directory.is_dir():

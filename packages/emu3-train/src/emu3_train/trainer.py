@@ -168,10 +168,10 @@ def rank_micro_batches(dataset, config: SftConfig, step: int, dp_size: int, dp_r
 
 
 def _load_model(path, config: SftConfig):
-    import mindspore as ms
     from emu3_lm.model import Emu3ForCausalLM
+    from emu3_vq.device import resolve_dtype
 
-    dtype = {"fp32": ms.float32, "fp16": ms.float16, "bf16": ms.bfloat16}[config.dtype]
+    dtype = resolve_dtype(config.dtype)
     model = Emu3ForCausalLM.from_pretrained(path, dtype=dtype)
     if config.dropout is not None and config.dropout != model.config.attention_dropout:
         # dropout probabilities are read when the cells are built: rebuild with the new value

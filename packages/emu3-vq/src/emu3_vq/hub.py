@@ -15,7 +15,7 @@ on every call, whereas huggingface_hub reads it once, when imported).
 
 Every failure is one line: FileNotFoundError saying what is missing and the `hf download` command
 that gets it, or ValueError for arguments of the wrong kind. Strings are not turned into paths
-before this module sees them: "org/name" is a repo id unless a local directory of that name exists.
+before this module sees them: "org/name" is a repo id unless a local path of that name exists.
 """
 
 from __future__ import annotations
@@ -131,7 +131,8 @@ def resolve(name_or_path, allow_patterns=WEIGHT_PATTERNS, *, required=("config.j
         raise FileNotFoundError(f"the repository {name!r} is disabled on the hub") from None
     except errors.HFValidationError as exc:
         raise ValueError(f"{name!r} is not a valid hub repo id: {str(exc).splitlines()[0]}") from None
-    except errors.IncompleteSnapshotError as exc:  # no download, and the cached listing names absent files
+    # not downloading, and the cached file listing names files the snapshot lacks (newer huggingface_hub)
+    except getattr(errors, "IncompleteSnapshotError", ()) as exc:
         found = re.search(r"\d+ file\(s\) are missing \([^)]*\)", str(exc))
         detail = f" ({found.group(0)})" if found else ""
         raise FileNotFoundError(f"{name!r}{at} in the local Hugging Face cache is incomplete{detail} and "
@@ -148,10 +149,11 @@ def resolve(name_or_path, allow_patterns=WEIGHT_PATTERNS, *, required=("config.j
                                 f"({str(exc).splitlines()[0]}): try again later, or {how}") from None
     missing = _first_missing(folder, required)
     if missing and off:  # the cached snapshot may hold part of the repository
-        raise FileNotFoundError(f"{name!r}{at} in the local Hugging Face cache has no {missing} and downloads "
-                                f"are off ({why_off}): {how}")
+        raise FileNotFoundError(f"{name!r}{at} in the local Hugging Face cache has no {missing} and "
+                                f"downloads are off ({why_off}): {how}")
     if missing:
-        raise FileNotFoundError(f"the hub repository {name!r}{at} has no {missing}: is it the right checkpoint?")
+        raise FileNotFoundError(f"the hub repository {name!r}{at} has no {missing}: "
+                                f"is it the right checkpoint?")
     return folder
 
 
