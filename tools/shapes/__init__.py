@@ -1,0 +1,1 @@
+"""Synthetic "shapes world": scenes and motions (world), dataset writer (data), pixel checks (measure)."""
