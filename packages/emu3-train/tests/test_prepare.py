@@ -87,7 +87,7 @@ def test_prepare_t2i(t2i_input, vq_dir, tmp_path, expected_codes):
     assert result.list_path == out / "list" / "train.json"
     listed = json.loads(result.list_path.read_text())
     assert listed == {"prefix": str((out / "feature").resolve()),
-                      "path_list": ["00000001.ckpt", "00000002.ckpt", "00000003.ckpt"]}
+                      "path_list": ["00000001.ckpt", "00000002.ckpt", "00000003.ckpt"], "task": "t2i"}
     samples = dataset.read_list(result.list_path)
     for i, (name, w, h) in enumerate(IMAGES):
         sample = samples.read(i)
@@ -105,7 +105,7 @@ def test_prepare_vqa(vqa_input, vq_dir, tmp_path, expected_codes):
     result = prepare_vqa(conv, image_root, vq_dir, tmp_path / "out", image_area=AREA, progress=False)
     assert (result.written, result.skipped) == (2, 0)
     samples = dataset.read_list(result.list_path)
-    assert samples.files == ("00000000.ckpt", "00000001.ckpt")
+    assert samples.files == ("00000000.ckpt", "00000001.ckpt") and samples.task == "vqa"
     x, y = samples.read(0), samples.read(1)
     assert (x.name, x.texts, x.response) == ("rec-x", "What is in this picture?", "A cat on a mat.")
     assert (y.name, y.texts, y.response) == ("17", "Describe the image.", "It shows a blue square.")

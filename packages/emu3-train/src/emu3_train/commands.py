@@ -2,8 +2,13 @@
 
   emu3 train prepare-t2i --captions FILE.jsonl --vq VQ_DIR --out DIR
   emu3 train prepare-vqa --conversations FILE.json --image-root DIR --vq VQ_DIR --out DIR
-  emu3 train sft --data DIR/list/train.json --model LM_DIR --task t2i|vqa --out OUT
+  emu3 train prepare-video --videos FILE.jsonl --vq VQ_DIR --out DIR [--frames N]
+  emu3 train sft --data SPEC [--data SPEC ...] --model LM_DIR [--task t2i|vqa|video] --out OUT
                  --steps N --batch-size B --max-length L [--nproc N] ...
+
+SPEC is DIR/list/train.json, optionally followed by ,task=t2i|vqa|video and ,weight=W: several
+--data train on a mixture, each sample drawn from data set k with probability proportional to
+its weight (default 1). The task is the spec's, else the one the list file records, else --task.
 
 The prepare commands write DIR/feature/<name>.ckpt (one sample each: VQ codes and text) and,
 last, DIR/list/train.json, the file training reads: the format of BAAI's and mindone's
@@ -20,7 +25,7 @@ from pathlib import Path
 
 from emu3_vq.cli import UserError, add_runtime_options, apply_runtime
 
-from .prepare import T2I_IMAGE_AREA, VQA_IMAGE_AREA
+from .prepare import T2I_IMAGE_AREA, VIDEO_IMAGE_AREA, VQA_IMAGE_AREA
 
 
 def register(subparsers) -> None:
@@ -44,21 +49,32 @@ def register(subparsers) -> None:
     _prepare_options(vqa, VQA_IMAGE_AREA)
     vqa.set_defaults(func=run_prepare_vqa)
 
+    video = sub.add_parser("prepare-video",
+                           help="videos + captions (JSONL) -> video continuation training data")
+    video.add_argument("--videos", required=True, metavar="FILE.jsonl",
+                       help='one {"video": path relative to this file (a folder of frames, a GIF or an MP4), '
+                            '"text": caption} per line')
+    video.add_argument("--frames", type=int, default=None, metavar="N",
+                       help="take the first N frames of each video (a multiple of 4; a shorter video is a bad "
+                            "record); default: all, their number a multiple of 4")
+    _prepare_options(video, VIDEO_IMAGE_AREA, what="frames")
+    video.set_defaults(func=run_prepare_video)
+
     _add_sft(sub)
 
 
-def _prepare_options(p, default_area: int) -> None:
+def _prepare_options(p, default_area: int, what: str = "images") -> None:
     p.add_argument("--vq", required=True, metavar="VQ_DIR", help="vision tokenizer checkpoint directory")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="output directory: DIR/feature/*.ckpt and DIR/list/train.json")
     p.add_argument("--image-area", type=int, default=default_area, metavar="N",
-                   help=f"scale images to about N pixels before tokenising (default: {default_area}, "
-                        "the reference scripts')")
+                   help=f"scale {what} to about N pixels before tokenising (default: {default_area}"
+                        + (", the reference scripts')" if what == "images" else ")"))
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier run's DIR/list and DIR/feature (refused otherwise)")
     p.add_argument("--skip-bad", action="store_true",
-                   help="skip records with a missing or unreadable image or an empty text (reported and "
-                        "counted) instead of stopping")
+                   help=f"skip records with a missing or unreadable {'image' if what == 'images' else 'video'}"
+                        " or an empty text (reported and counted) instead of stopping")
     p.add_argument("--jit", choices=("auto", "on", "off"), default="auto",
                    help="compile the vision tokenizer (each new image size costs a compilation); "
                         "auto: as `emu3 vq` (default: auto)")
@@ -97,20 +113,33 @@ def run_prepare_vqa(args) -> None:
                         skip_bad=args.skip_bad, jit=_jit(args.jit), overwrite=args.overwrite, dtype=args.dtype))
 
 
+def run_prepare_video(args) -> None:
+    from .prepare import prepare_video
+
+    apply_runtime(args)
+    _report(prepare_video(args.videos, args.vq, args.out, image_area=args.image_area, frames=args.frames,
+                          skip_bad=args.skip_bad, jit=_jit(args.jit), overwrite=args.overwrite, dtype=args.dtype))
+
+
 def _add_sft(sub) -> None:
     p = sub.add_parser(
-        "sft", help="supervised fine-tuning (text-to-image or VQA) on prepared data",
-        description="Fine-tune an Emu3 LM on data made by prepare-t2i / prepare-vqa (or the reference's "
-                    "scripts). Writes OUT/metrics.jsonl, OUT/checkpoint-STEP/ every --save-every steps and "
-                    "OUT/final/ (loads with Emu3ForCausalLM.from_pretrained and emu3 generate --model). "
+        "sft", help="supervised fine-tuning (text-to-image, VQA, video continuation or a mixture) on "
+                    "prepared data",
+        description="Fine-tune an Emu3 LM on data made by prepare-t2i / prepare-vqa / prepare-video (or the "
+                    "reference's scripts), one data set or a weighted mixture. Writes OUT/metrics.jsonl, "
+                    "OUT/checkpoint-STEP/ every --save-every steps and OUT/final/ (loads with "
+                    "Emu3ForCausalLM.from_pretrained and emu3 generate --model). "
                     "Several processes: --nproc N launches N with msrun, or run the same command under "
                     "msrun yourself on a cluster.")
     from .trainer import SftConfig as d  # its defaults; the module imports no MindSpore
 
-    p.add_argument("--data", required=True, metavar="FILE", help="DIR/list/train.json of a prepared data set")
+    p.add_argument("--data", required=True, action="append", metavar="SPEC",
+                   help="DIR/list/train.json of a prepared data set, optionally with ,task=t2i|vqa|video and "
+                        ",weight=W (default 1); repeat for a mixture, sampled in proportion to the weights")
     p.add_argument("--model", required=True, metavar="DIR", help="LM checkpoint directory to start from")
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: --model)")
-    p.add_argument("--task", required=True, choices=("t2i", "vqa"))
+    p.add_argument("--task", choices=("t2i", "vqa", "video"), default=None,
+                   help="task of data whose --data spec and list file name none (prepare-* record theirs)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--steps", required=True, type=int, help="optimiser steps")
     p.add_argument("--batch-size", required=True, type=int,
@@ -128,7 +157,7 @@ def _add_sft(sub) -> None:
     p.add_argument("--accumulate", type=int, default=d.accumulate, metavar="K",
                    help="micro-steps per optimiser step (default 1)")
     p.add_argument("--null-prompt-prob", type=float, default=d.null_prompt_prob,
-                   help=f"t2i: probability of an empty caption (default {d.null_prompt_prob})")
+                   help=f"t2i and video: probability of an empty caption (default {d.null_prompt_prob})")
     p.add_argument("--recompute", action="store_true", help="recompute each layer in the backward")
     p.add_argument("--freeze-layers", type=int, default=0, metavar="N", help="do not train the first N layers")
     p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default=d.dtype,
@@ -191,6 +220,8 @@ def _sft_argv(config) -> list[str]:
         flag = "--" + f.name.replace("_", "-")
         if isinstance(value, bool):
             argv += [flag] if value else []
+        elif isinstance(value, (list, tuple)):
+            argv += [arg for item in value for arg in (flag, str(item))]
         elif value is not None:
             argv += [flag, repr(value) if isinstance(value, float) else str(value)]
     return argv

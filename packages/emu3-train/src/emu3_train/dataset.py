@@ -3,9 +3,11 @@
 The format of BAAI's and mindone's Emu3 fine-tuning data, so that data prepared by their
 scripts loads here and data prepared here loads there::
 
-    OUT/list/train.json     {"prefix": <directory of the sample files>, "path_list": ["<name>.ckpt", ...]}
+    OUT/list/train.json     {"prefix": <directory of the sample files>, "path_list": ["<name>.ckpt", ...],
+                             "task": "t2i" | "vqa" | "video" (ours; optional, readers ignore it)}
     OUT/feature/<name>.ckpt  mindspore.save_checkpoint([], path, append_dict={
-                                 "name": str, "images": int32 VQ codes [h, w], "texts": str,
+                                 "name": str, "images": int32 VQ codes [h, w] (an image) or
+                                 [t, h, w] (a video, t latent frames), "texts": str,
                                  "response": str (VQA only)})
 
 A relative prefix is taken relative to the list file. The reference scripts write it relative
@@ -37,11 +39,12 @@ SUFFIX = ".ckpt"
 
 @dataclass(frozen=True)
 class Sample:
-    """One prepared sample: the image's VQ codes and its caption (T2I) or question and answer (VQA)."""
+    """One prepared sample: the image's (or video's) VQ codes and its caption (T2I, video) or
+    question and answer (VQA)."""
 
     name: str
-    images: np.ndarray  # int32 VQ codes [h, w]
-    texts: str  # T2I: the caption; VQA: the question, <image> removed
+    images: np.ndarray  # int32 VQ codes [h, w] (an image) or [t, h, w] (a video)
+    texts: str  # T2I, video: the caption; VQA: the question, <image> removed
     response: str | None = None  # VQA: the answer; None for T2I data
     path: Path | None = None  # the file it was read from
 
@@ -53,6 +56,7 @@ class SampleList:
     path: Path  # the list file
     prefix: Path  # the directory of the sample files, resolved
     files: tuple[str, ...]  # path_list entries, relative to prefix
+    task: str | None = None  # the task the list records ("t2i", "vqa", "video"); None if it records none
 
     def __len__(self) -> int:
         return len(self.files)
@@ -81,8 +85,9 @@ def _check_codes(images, what: str) -> np.ndarray:
     codes = images.asnumpy() if hasattr(images, "asnumpy") else np.asarray(images)
     if codes.dtype.kind not in "iu":
         raise ValueError(f"{what}: 'images' must hold integer VQ codes, got dtype {codes.dtype}")
-    if codes.ndim != 2 or 0 in codes.shape:
-        raise ValueError(f"{what}: 'images' must be non-empty codes [h, w], got shape {codes.shape}")
+    if codes.ndim not in (2, 3) or 0 in codes.shape:
+        raise ValueError(f"{what}: 'images' must be non-empty codes [h, w] (an image) or [t, h, w] (a video), "
+                         f"got shape {codes.shape}")
     if codes.min() < 0 or codes.max() > np.iinfo(np.int32).max:
         raise ValueError(f"{what}: 'images' holds codes outside [0, 2**31): {codes.min()}..{codes.max()}")
     return codes.astype(np.int32)
@@ -92,7 +97,7 @@ def write_sample(path: str | os.PathLike, name: str, images, texts: str, respons
     """Write one sample file as the reference does (`ms.save_checkpoint([], path, append_dict=...)`),
     atomically: into a temporary file beside `path`, then renamed. Returns `path`.
 
-    `images` are VQ codes [h, w] (any integer array, stored as int32). `response` is given for
+    `images` are VQ codes [h, w] or [t, h, w] (any integer array, stored as int32). `response` is given for
     VQA samples only. `path` must end in ".ckpt" (MindSpore would append it otherwise).
     """
     import mindspore as ms
@@ -162,7 +167,8 @@ def read_sample(path: str | os.PathLike) -> Sample:
         name = str(int(value))
     images = field("images")
     if isinstance(images, str):
-        raise ValueError(f"sample file {path}: 'images' must be int32 VQ codes [h, w], got a string")
+        raise ValueError(f"sample file {path}: 'images' must be int32 VQ codes [h, w] or [t, h, w], "
+                         "got a string")
     codes = _check_codes(images, f"sample file {path}")
     texts = field("texts")
     if not isinstance(texts, str):
@@ -175,14 +181,19 @@ def read_sample(path: str | os.PathLike) -> Sample:
 
 # ---- the list ------------------------------------------------------------------------------------
 
-def write_list(path: str | os.PathLike, prefix: str | os.PathLike, files) -> Path:
-    """Write a list file {"prefix", "path_list"} atomically. Call it last, once every sample
-    file it names is written: a list that exists then names only complete samples."""
+def write_list(path: str | os.PathLike, prefix: str | os.PathLike, files, task: str | None = None) -> Path:
+    """Write a list file {"prefix", "path_list"[, "task"]} atomically. Call it last, once every
+    sample file it names is written: a list that exists then names only complete samples.
+    `task` ("t2i", "vqa" or "video") is recorded for `emu3 train sft`; the reference's readers
+    ignore the extra key."""
     from emu3_vq.weights import atomic_write
 
     path = Path(path)
     files = [str(f) for f in files]
-    text = json.dumps({"prefix": str(prefix), "path_list": files}, ensure_ascii=False) + "\n"
+    data = {"prefix": str(prefix), "path_list": files}
+    if task is not None:
+        data["task"] = str(task)
+    text = json.dumps(data, ensure_ascii=False) + "\n"
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
     return path
 
@@ -226,4 +237,7 @@ def read_list(path: str | os.PathLike) -> SampleList:
     for i, f in enumerate(files):
         if not isinstance(f, str) or not f:
             raise ValueError(f"list file {path}: path_list[{i}] must be a non-empty file name, got {f!r}")
-    return SampleList(path=path, prefix=_resolve_prefix(path, prefix), files=tuple(files))
+    task = data.get("task")
+    if task is not None and (not isinstance(task, str) or not task):
+        raise ValueError(f"list file {path}: 'task' must be a non-empty string, got {task!r}")
+    return SampleList(path=path, prefix=_resolve_prefix(path, prefix), files=tuple(files), task=task)

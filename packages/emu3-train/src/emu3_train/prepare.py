@@ -1,4 +1,5 @@
-"""Images with captions (T2I) or conversations (VQA) -> prepared samples (`emu3_train.dataset`).
+"""Images with captions (T2I), conversations (VQA) or captioned videos -> prepared samples
+(`emu3_train.dataset`).
 
 Each image is tokenised as the reference preparation scripts do: scaled to about `image_area`
 pixels, keeping its aspect ratio (sides round(h * r), round(w * r) with r = sqrt(area / (h * w)),
@@ -17,6 +18,12 @@ Inputs:
   its file is named after the record's index ("00000003.ckpt" for the fourth record), so that
   odd or repeated ids cannot collide or escape the output directory. Only single-turn
   conversations are taken (the reference would keep the last turn of a longer one silently).
+* Video: a JSONL file, one {"video": path relative to the file, "text": caption} a line; the
+  path a folder of frame images (natural name order), a GIF or an MP4 (`emu3_vq.media`). Its
+  number of frames (or the first `frames` of them) must be a multiple of the vision
+  tokenizer's temporal factor (4). Every frame is scaled to about `image_area` pixels like an
+  image, the processor resizes all to the first frame's size, and the VQ model encodes the
+  whole clip [1, T, 3, H, W] -> codes [T/4, h, w]. Named after line numbers, like T2I.
 
 Everything that can be checked is checked before the VQ model is loaded: the input parses,
 every record has its fields, a non-empty text and a readable image of a usable size, and the
@@ -42,6 +49,7 @@ from . import dataset
 
 T2I_IMAGE_AREA = 720 * 720  # the reference's default for text-to-image data (Emu3-Gen's image_area)
 VQA_IMAGE_AREA = 480 * 320  # the reference's default for VQA data
+VIDEO_IMAGE_AREA = 512 * 512  # ours: the processor's minimum, the shortest sequence it allows
 _IMAGE_TAG = re.compile(r"\s*<image>\s*")
 
 
@@ -64,7 +72,7 @@ class Record:
     where: str  # how errors name the record: "FILE:LINE" or "FILE record I (id X)"
     stem: str  # the sample file's name without .ckpt
     name: str  # the sample's name
-    image: Path
+    image: Path  # the image, or for a video its folder of frames, GIF or MP4
     text: str
     response: str | None = None
 
@@ -110,6 +118,49 @@ def _check_image(record: Record, processor, image_area: int) -> None:
         raise _BadRecord(f"{record.where}: {record.image}: {exc}") from None
 
 
+def _check_video(record: Record, processor, image_area: int, factor: int, frames: int | None) -> None:
+    """The video exists, its frame count (cheap: no frame decoded but the first) is a multiple
+    of `factor` (or at least `frames`), and the processor accepts its frames' size after scaling."""
+    from emu3_vq import media
+
+    if not record.image.exists():
+        raise _BadRecord(f"{record.where}: video not found: {record.image}")
+    try:
+        count, (width, height) = media.video_info(record.image)
+    except (ValueError, OSError) as exc:
+        raise _BadRecord(f"{record.where}: {exc}") from None
+    if frames is not None:
+        if count < frames:
+            raise _BadRecord(f"{record.where}: {record.image} has {count} frames, fewer than frames={frames}")
+    elif count % factor:
+        raise _BadRecord(f"{record.where}: {record.image} has {count} frames, not a multiple of {factor} (the "
+                         f"vision tokenizer turns every {factor} frames into one latent frame)")
+    try:
+        h, w = area_size(height, width, image_area)
+        if h < 1 or w < 1:
+            raise ValueError(f"frames of {width}x{height} pixels scale to {w}x{h} at image_area {image_area}")
+        processor.size_for(h, w)
+    except ValueError as exc:
+        raise _BadRecord(f"{record.where}: {record.image}: {exc}") from None
+
+
+def _image_pixels(record: Record, processor, image_area: int) -> np.ndarray:
+    """The record's image as the VQ model's input [1, 3, H, W]."""
+    from emu3_vq import media
+
+    image = media.load_image(record.image)  # RGB; transparency composited onto white
+    return processor.preprocess([resize_to_area(image, image_area)])
+
+
+def _video_pixels(record: Record, processor, image_area: int, frames: int | None) -> np.ndarray:
+    """The record's video (its first `frames` frames) as the VQ model's input [1, T, 3, H, W]."""
+    from emu3_vq import media
+
+    clip = media.load_frames(record.image)
+    clip = clip if frames is None else clip[:frames]
+    return processor.preprocess_video([resize_to_area(f, image_area) for f in clip])[None]
+
+
 # ---- inputs ------------------------------------------------------------------------------------
 
 def _read_text(path: Path, what: str) -> str:
@@ -143,6 +194,34 @@ def read_captions(path: str | os.PathLike) -> tuple[list[Record], list[tuple[int
                 raise _BadRecord(f"{where}: empty or missing 'text'")
             stem = f"{lineno:08d}"
             records.append(Record(lineno, where, stem, stem, path.parent / image, text))
+        except _BadRecord as exc:
+            problems.append((lineno, str(exc)))
+    return records, problems
+
+
+def read_videos(path: str | os.PathLike) -> tuple[list[Record], list[tuple[int, str]]]:
+    """Video records of a JSONL file, and (line number, message) per bad record (videos not checked)."""
+    path = Path(path)
+    records, problems = [], []
+    for lineno, line in enumerate(_read_text(path, "videos file").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise _BadRecord(f"{where}: not valid JSON ({exc.msg})") from None
+            if not isinstance(item, dict):
+                raise _BadRecord(f"{where}: expected an object {{\"video\", \"text\"}}, "
+                                 f"got {type(item).__name__}")
+            video, text = item.get("video"), item.get("text")
+            if not isinstance(video, str) or not video:
+                raise _BadRecord(f"{where}: 'video' must be a non-empty path, got {video!r}")
+            if not isinstance(text, str) or not text.strip():
+                raise _BadRecord(f"{where}: empty or missing 'text'")
+            stem = f"{lineno:08d}"
+            records.append(Record(lineno, where, stem, stem, path.parent / video, text))
         except _BadRecord as exc:
             problems.append((lineno, str(exc)))
     return records, problems
@@ -257,17 +336,29 @@ def _check_area(image_area) -> None:
 
 
 def _run(records: list[Record], problems: list[tuple[int, str]], vq_dir, out_dir, image_area: int, skip_bad: bool,
-         jit: bool | None, progress: bool, desc: str, overwrite: bool = False, dtype=None) -> PrepareResult:
-    from emu3_vq import media
+         jit: bool | None, progress: bool, task: str, overwrite: bool = False, dtype=None,
+         frames: int | None = None) -> PrepareResult:
+    """The run every prepare command shares: check every record (`task` "video": videos, else
+    images) before the VQ model loads, then encode and write each sample, and the list last
+    (recording `task`). `frames`: video only, how many frames of each to take (None: all)."""
     from tqdm import tqdm
 
+    video = task == "video"
     vq_dir, out_dir = _vq_checkpoint(vq_dir), Path(out_dir)
     config, processor = _load_vq_files(vq_dir)
+    factor = int(config.temporal_downsample_factor)
+    if video and frames is not None and (isinstance(frames, bool) or not isinstance(frames, int)
+                                         or frames < 1 or frames % factor):
+        raise UserError(f"frames must be a positive multiple of {factor} (the vision tokenizer's temporal "
+                        f"factor), got {frames!r}")
     _check_out_dir(out_dir, overwrite)
     good = []
     for record in records:
         try:
-            _check_image(record, processor, image_area)
+            if video:
+                _check_video(record, processor, image_area, factor, frames)
+            else:
+                _check_image(record, processor, image_area)
             good.append(record)
         except _BadRecord as exc:
             problems.append((record.order, str(exc)))
@@ -283,24 +374,24 @@ def _run(records: list[Record], problems: list[tuple[int, str]], vq_dir, out_dir
     dataset.remove_list(list_file)
     features.mkdir(parents=True, exist_ok=True)
     files = []
-    for record in tqdm(good, desc=desc, unit="image", disable=not progress):
-        try:
-            image = media.load_image(record.image)  # RGB; transparency composited onto white
+    for record in tqdm(good, desc=f"prepare-{task}", unit="video" if video else "image", disable=not progress):
+        try:  # what reading the whole file finds: a cut image, frames of different sizes
+            pixels = (_video_pixels(record, processor, image_area, frames) if video
+                      else _image_pixels(record, processor, image_area))
         except (ValueError, OSError) as exc:
             message = f"{record.where}: {exc}"
             if not skip_bad:
                 raise UserError(f"{message}; fix the input or pass skip_bad (--skip-bad) to skip bad records") from None
             problems.append((record.order, message))
             continue
-        pixels = processor.preprocess([resize_to_area(image, image_area)])
         codes = model.encode(pixels)
-        codes = np.asarray(codes.asnumpy() if hasattr(codes, "asnumpy") else codes)[0]
+        codes = np.asarray(codes.asnumpy() if hasattr(codes, "asnumpy") else codes)[0]  # [h, w] or [t, h, w]
         name = f"{record.stem}{dataset.SUFFIX}"
         dataset.write_sample(features / name, record.name, codes, record.text, record.response)
         files.append(name)
     if not files:
         raise UserError(f"no records could be prepared ({len(problems)} bad)")
-    dataset.write_list(list_file, features.resolve(), files)
+    dataset.write_list(list_file, features.resolve(), files, task=task)
     return PrepareResult(list_path=list_file, feature_dir=features, written=len(files), skipped=len(problems),
                          problems=[message for _, message in sorted(problems)])
 
@@ -317,8 +408,7 @@ def prepare_t2i(captions_jsonl: str | os.PathLike, vq_dir: str | os.PathLike, ou
     """
     _check_area(image_area)
     records, problems = read_captions(captions_jsonl)
-    return _run(records, problems, vq_dir, out_dir, image_area, skip_bad, jit, progress, "prepare-t2i",
-                overwrite, dtype)
+    return _run(records, problems, vq_dir, out_dir, image_area, skip_bad, jit, progress, "t2i", overwrite, dtype)
 
 
 def prepare_vqa(conversations_json: str | os.PathLike, image_root: str | os.PathLike, vq_dir: str | os.PathLike,
@@ -331,5 +421,18 @@ def prepare_vqa(conversations_json: str | os.PathLike, image_root: str | os.Path
     if not Path(image_root).is_dir():
         raise UserError(f"image root directory not found: {image_root}")
     records, problems = read_conversations(conversations_json, image_root)
-    return _run(records, problems, vq_dir, out_dir, image_area, skip_bad, jit, progress, "prepare-vqa",
-                overwrite, dtype)
+    return _run(records, problems, vq_dir, out_dir, image_area, skip_bad, jit, progress, "vqa", overwrite, dtype)
+
+
+def prepare_video(videos_jsonl: str | os.PathLike, vq_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                  image_area: int = VIDEO_IMAGE_AREA, frames: int | None = None, skip_bad: bool = False,
+                  jit: bool | None = None, progress: bool = True, overwrite: bool = False,
+                  dtype=None) -> PrepareResult:
+    """Video continuation data: a JSONL of {"video", "text"} -> OUT/feature/*.ckpt (codes
+    [t, h, w]) + OUT/list/train.json (task "video"). `frames`: take the first N frames of each
+    video (a multiple of the temporal factor; a shorter video is a bad record); None: all of
+    them, whose number must then be a multiple of it. Other arguments as `prepare_t2i`."""
+    _check_area(image_area)
+    records, problems = read_videos(videos_jsonl)
+    return _run(records, problems, vq_dir, out_dir, image_area, skip_bad, jit, progress, "video", overwrite,
+                dtype, frames=frames)

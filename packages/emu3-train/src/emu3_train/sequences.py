@@ -10,6 +10,16 @@ unconditional branch that classifier-free guidance needs. mindone's last revisio
 the sequence with eos; its label is ignored by the visual-only rule and nothing follows it, so
 the loss is the same either way.
 
+Video continuation (our layout, docs/video_layout.md: the image block with one frame per
+latent frame, then eos as the generated block ends)::
+
+    bos  caption  boi "H*W" img  T x (H rows of [W visual, eol], eof)  eoi  eos
+    labels: the token where it is a visual token (every frame), IGNORE_INDEX elsewhere
+
+Its prefix up to any frame's eof is the continuation prompt `emu3_decoding.video` gives the
+model (bos + caption + boi "H*W" img + the given frames, block left open). The caption is
+replaced by "" with probability `null_prompt_prob`, as for text-to-image.
+
 VQA (mindone's layout; the mode-U prompt of `emu3_lm.processor`, then the answer)::
 
     bos "You are a helpful assistant. USER: " <image block> question ". ASSISTANT:"  response eos
@@ -32,13 +42,26 @@ from emu3_lm.processor import Emu3Processor
 
 from .dataset import read_list
 
-TASKS = ("t2i", "vqa")
+TASKS = ("t2i", "vqa", "video")
+_CAPTIONED = ("t2i", "video")  # tasks whose caption may be dropped (null_prompt_prob)
 
 
 def t2i_sequence(tokenizer, caption: str, codes) -> tuple[np.ndarray, np.ndarray]:
     """(input_ids, labels), int32 [n]: bos + caption + the image block; labels on visual tokens."""
     ids = np.concatenate([[tokenizer.bos_id], tokenizer.encode(caption),
                           blocks.block_ids(codes, tokenizer)]).astype(np.int32)
+    labels = np.where(blocks.label_mask(ids, blocks.VisualIds.from_tokenizer(tokenizer)), ids, IGNORE_INDEX)
+    return ids, labels.astype(np.int32)
+
+
+def video_sequence(tokenizer, caption: str, codes) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, labels), int32 [n]: bos + caption + the video block (codes [t, h, w], t latent
+    frames: `blocks.block_ids`) + eos; labels on the visual tokens of every frame."""
+    codes = np.asarray(codes)
+    if codes.ndim != 3:
+        raise ValueError(f"video codes must be [t, h, w], got shape {codes.shape}")
+    ids = np.concatenate([[tokenizer.bos_id], tokenizer.encode(caption), blocks.block_ids(codes, tokenizer),
+                          [tokenizer.eos_id]]).astype(np.int32)
     labels = np.where(blocks.label_mask(ids, blocks.VisualIds.from_tokenizer(tokenizer)), ids, IGNORE_INDEX)
     return ids, labels.astype(np.int32)
 
@@ -59,12 +82,12 @@ class SftDataset:
     """Prepared samples (a list file, see `emu3_train.dataset`) as training sequences.
 
     Args:
-        list_path: OUT/list/train.json as `emu3 train prepare-t2i|prepare-vqa` (or the
-            reference scripts) wrote it.
+        list_path: OUT/list/train.json as `emu3 train prepare-t2i|prepare-vqa|prepare-video`
+            (or the reference scripts) wrote it.
         tokenizer: an `emu3_lm.tokenizer.Emu3Tokenizer`.
-        task: "t2i" or "vqa".
+        task: "t2i", "vqa" or "video".
         max_length: padded length of a batch; a longer sample is an error (`validate`).
-        null_prompt_prob: T2I only, the probability of training on an empty caption.
+        null_prompt_prob: T2I and video only, the probability of training on an empty caption.
         seed: with the epoch and the index, decides the null-prompt draws, so that a resumed
             run sees the same data.
 
@@ -90,14 +113,15 @@ class SftDataset:
         self.null_prompt_prob = float(null_prompt_prob)
         self.seed = seed
         self._processor = Emu3Processor(None, None, tokenizer) if task == "vqa" else None
+        self.supervised: np.ndarray | None = None  # supervised tokens per sample, once `lengths` ran
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def null_prompt(self, index: int, epoch: int = 0) -> bool:
-        """Whether sample `index` is trained on an empty caption in `epoch` (T2I): a draw of
-        numpy's default_rng([seed, epoch, index]), the same in every run and process."""
-        if self.task != "t2i" or self.null_prompt_prob == 0.0:
+        """Whether sample `index` is trained on an empty caption in `epoch` (T2I, video): a draw
+        of numpy's default_rng([seed, epoch, index]), the same in every run and process."""
+        if self.task not in _CAPTIONED or self.null_prompt_prob == 0.0:
             return False
         return bool(np.random.default_rng([self.seed, epoch, index]).random() < self.null_prompt_prob)
 
@@ -107,9 +131,18 @@ class SftDataset:
         sample = self.samples.read(int(index))
         where = f"sample {sample.name!r} ({sample.path})"
         try:
+            if self.task != "video" and sample.images.ndim != 2:
+                raise ValueError(f"it holds video codes {sample.images.shape}: a video sample, not {self.task} "
+                                 "(use task video)")
             if self.task == "t2i":
                 caption = "" if null_prompt else sample.texts
                 ids, labels = t2i_sequence(self.tokenizer, caption, sample.images)
+            elif self.task == "video":
+                if sample.images.ndim != 3:
+                    raise ValueError(f"it holds image codes {sample.images.shape}, not video codes [t, h, w] "
+                                     "(prepared for text-to-image or VQA?)")
+                caption = "" if null_prompt else sample.texts
+                ids, labels = video_sequence(self.tokenizer, caption, sample.images)
             else:
                 if sample.response is None:
                     raise ValueError("it has no 'response': not a VQA sample (prepared for text-to-image?)")
@@ -149,8 +182,16 @@ class SftDataset:
 
     def lengths(self) -> np.ndarray:
         """Token count of every sample with its full caption (the longest it can be), int64 [N].
-        Reads every sample file once; errors name the file."""
-        return np.array([len(self._sequence(i, null_prompt=False)[0]) for i in range(len(self))], dtype=np.int64)
+        Reads every sample file once; errors name the file. Also records each sample's number
+        of supervised tokens (`supervised`: the caption never holds any, so it is the same
+        with an empty one)."""
+        lengths, supervised = [], []
+        for i in range(len(self)):
+            ids, labels, _ = self._sequence(i, null_prompt=False)
+            lengths.append(len(ids))
+            supervised.append(int(np.count_nonzero(labels != IGNORE_INDEX)))
+        self.supervised = np.array(supervised, dtype=np.int64)
+        return np.array(lengths, dtype=np.int64)
 
     def validate(self) -> np.ndarray:
         """Check that every sample reads and fits max_length, before training starts.

@@ -11,7 +11,9 @@ optimiser step s (counted from 0):
 - the global batch is the samples at positions s*B .. s*B+B-1 of an endless stream that visits
   the data set in a fresh permutation each epoch (`sample_indices`: a function of the seed and
   the position only, so a resumed run sees the same samples); data-parallel rank r takes the
-  r-th of dp equal parts, cut into `accumulate` micro-batches;
+  r-th of dp equal parts, cut into `accumulate` micro-batches. A mixture of data sets
+  (several `data` specs, `DataSpec`) assigns each position to one of them with probability
+  proportional to its weight and takes that data set's next sample (`MixtureOrder`);
 - `TrainEngine.step` (engine.py) runs forward, backward, the reduction across processes,
   clipping and AdamW, and reports the step's loss before the update (the mean over every
   supervised token of the global batch), the gradient norm and the token count;
@@ -39,25 +41,79 @@ import numpy as np
 
 from . import checkpoints
 
-TASKS = ("t2i", "vqa")
+TASKS = ("t2i", "vqa", "video")
 DTYPES = ("fp32", "fp16", "bf16")
-# Settings that change the numbers of a run: a resume must use the same ones.
-_RESUME_KEYS = ("data", "task", "steps", "batch_size", "max_length", "lr", "min_lr", "warmup_steps",
+# Settings that change the numbers of a run: a resume must use the same ones (and the same
+# mixture: data files, tasks and weights, checked apart).
+_RESUME_KEYS = ("steps", "batch_size", "max_length", "lr", "min_lr", "warmup_steps",
                 "weight_decay", "clip_grad_norm", "accumulate", "null_prompt_prob", "freeze_layers",
                 "dtype", "dropout", "seed")
+_SPEC_KEYS = ("task", "weight")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """One data set of a run: its list file, its task and its weight in the mixture."""
+
+    path: str  # DIR/list/train.json
+    task: str | None = None  # None: the list file's recorded task, else --task
+    weight: float = 1.0  # sampling weight (relative)
+
+    def record(self) -> dict:
+        """What trainer_state.json records (the path made absolute)."""
+        return {"path": str(Path(self.path).resolve()), "task": self.task, "weight": self.weight}
+
+
+def parse_data_spec(spec: str) -> DataSpec:
+    """`PATH` or `PATH,task=T,weight=W` (each key optional, in any order) -> DataSpec.
+
+    Options are read from the right, as long as a comma-separated part looks like `key=value`,
+    so a path may itself hold commas. ValueError naming the spec for an unknown key, a repeated
+    one, a task not in TASKS, a weight that is not a positive finite number, or no path."""
+    if not isinstance(spec, str):
+        raise ValueError(f"--data must be a string PATH[,task=T][,weight=W], got {spec!r}")
+    path, options = spec, {}
+    while "," in path:
+        head, _, part = path.rpartition(",")
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip().isidentifier():
+            break
+        key = key.strip()
+        if key not in _SPEC_KEYS:
+            raise ValueError(f"--data {spec!r}: unknown option {key!r} (known: {', '.join(_SPEC_KEYS)})")
+        if key in options:
+            raise ValueError(f"--data {spec!r}: {key!r} given twice")
+        options[key] = value.strip()
+        path = head
+    if not path.strip():
+        raise ValueError(f"--data {spec!r}: no path (expected PATH[,task=T][,weight=W])")
+    task = options.get("task")
+    if task is not None and task not in TASKS:
+        raise ValueError(f"--data {spec!r}: task must be one of {', '.join(TASKS)}, got {task!r}")
+    weight = 1.0
+    if "weight" in options:
+        try:
+            weight = float(options["weight"])
+        except ValueError:
+            weight = float("nan")
+        if not (math.isfinite(weight) and weight > 0):
+            raise ValueError(f"--data {spec!r}: weight must be a positive number, got {options['weight']!r}")
+    return DataSpec(path=path, task=task, weight=weight)
 
 
 @dataclass
 class SftConfig:
     """Everything `emu3 train sft` takes; the defaults are the Emu3 fine-tuning recipe."""
 
-    data: str  # DIR/list/train.json (emu3 train prepare-t2i / prepare-vqa, or the reference's scripts)
+    # DIR/list/train.json (emu3 train prepare-*, or the reference's scripts), or a list of specs
+    # "PATH[,task=T][,weight=W]" for a mixture (`parse_data_spec`)
+    data: str | list[str]
     model: str  # LM checkpoint directory (original or -hf layout)
     out: str  # output directory: metrics.jsonl, checkpoint-STEP/, final/
     steps: int  # optimiser steps
     batch_size: int  # global batch per optimiser step (all data-parallel ranks, all micro-steps)
     max_length: int  # every sequence is right-padded to this; a longer sample is an error
-    task: str = "t2i"  # "t2i" (text to image) or "vqa"
+    task: str | None = None  # "t2i", "vqa" or "video": for data whose spec and list file name none
     tokenizer: str | None = None  # tokenizer directory; default: the model directory
     lr: float = 1e-5  # peak learning rate
     min_lr: float = 1e-6  # the cosine ends here at `steps`
@@ -106,7 +162,7 @@ class SftConfig:
             finite("dropout", high=0.99)
         if self.min_lr > self.lr:
             raise ValueError(f"--min-lr {self.min_lr} is above --lr {self.lr}")
-        if self.task not in TASKS:
+        if self.task is not None and self.task not in TASKS:
             raise ValueError(f"--task must be one of {TASKS}, got {self.task!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {DTYPES}, got {self.dtype!r}")
@@ -115,8 +171,7 @@ class SftConfig:
         if self.max_length % self.sequence_parallel:
             raise ValueError(f"--max-length {self.max_length} must be a multiple of --sequence-parallel "
                              f"{self.sequence_parallel}")
-        if not Path(self.data).is_file():
-            raise ValueError(f"--data {self.data}: no such file (expected DIR/list/train.json)")
+        self.mixture()
         out = Path(self.out)
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {out} exists and is not a directory")
@@ -124,6 +179,42 @@ class SftConfig:
                                                  or checkpoints.latest_checkpoint(out) is not None):
             raise ValueError(f"--out {out} already holds a run; pass --resume to continue it, or choose "
                              "another directory")
+
+    def data_specs(self) -> list[str]:
+        """`data` as a list of specs (a single string is one)."""
+        if isinstance(self.data, (str, os.PathLike)):
+            return [str(self.data)]
+        specs = list(self.data)
+        if not specs:
+            raise ValueError("--data: no data set given")
+        return specs
+
+    def mixture(self) -> list[DataSpec]:
+        """The data sets of the run, each with its task resolved: the spec's task, else the task
+        its list file records, else `task` (--task). ValueError naming the data file when none
+        of them gives one, when the spec and the list disagree, or when the file is missing."""
+        from .dataset import read_list
+
+        out = []
+        for spec in self.data_specs():
+            d = parse_data_spec(spec)
+            if not Path(d.path).is_file():
+                raise ValueError(f"--data {d.path}: no such file (expected DIR/list/train.json)")
+            try:
+                recorded = read_list(d.path).task
+            except (FileNotFoundError, ValueError) as exc:
+                raise ValueError(f"--data {d.path}: {exc}") from None
+            if recorded is not None and recorded not in TASKS:
+                raise ValueError(f"--data {d.path}: the list file records task {recorded!r}, not one of {TASKS}")
+            if d.task is not None and recorded is not None and d.task != recorded:
+                raise ValueError(f"--data {spec!r}: task={d.task} but the list file {d.path} records "
+                                 f"task {recorded!r}")
+            task = d.task or recorded or self.task
+            if task is None:
+                raise ValueError(f"--data {d.path}: no task known for this data (its list file records none); "
+                                 "add ,task=t2i|vqa|video to the --data spec or pass --task")
+            out.append(dataclasses.replace(d, task=task))
+        return out
 
 
 @dataclass
@@ -138,6 +229,7 @@ class StepRecord:
     seconds: float  # wall time of the step
     skipped: bool  # fp16 overflow: no update
     loss_scale: float
+    task_tokens: dict | None = None  # supervised tokens of the global batch per task
 
 
 def sample_indices(seed: int, start: int, count: int, num_samples: int) -> list[tuple[int, int]]:
@@ -152,13 +244,120 @@ def sample_indices(seed: int, start: int, count: int, num_samples: int) -> list[
     return out
 
 
+_MIX_KEY = 0x6D6978  # "mix": keeps the mixture's draws apart from the permutations' streams
+
+
+class MixtureOrder:
+    """The sample stream of a mixture of data sets, a function of (seed, position).
+
+    Position i goes to data set k with probability weights[k] / sum(weights): draw i of
+    numpy's default_rng([seed, _MIX_KEY, i // CHUNK]) (CHUNK uniforms per chunk) against the
+    cumulative weights. It then takes the next element of data set k's own stream: the n-th
+    position given to k (n counted from the start of the run) is element n % N_k of data set
+    k's permutation for epoch n // N_k, drawn from default_rng([seed, epoch, k]) ([seed, epoch]
+    for k = 0).
+    Counting n replays the draws of the earlier chunks once (cached per chunk): cheap, and
+    stateless for a resumed run. With one data set there is no draw and the stream is
+    `sample_indices`'s.
+    """
+
+    CHUNK = 4096
+
+    def __init__(self, seed: int, sizes, weights=None):
+        self.seed = int(seed)
+        self.sizes = [int(n) for n in sizes]
+        if not self.sizes or min(self.sizes) < 1:
+            raise ValueError(f"every data set of a mixture needs samples, got sizes {self.sizes}")
+        weights = np.ones(len(self.sizes)) if weights is None else np.asarray(weights, dtype=np.float64)
+        if weights.shape != (len(self.sizes),) or not np.all(np.isfinite(weights)) or weights.min() <= 0:
+            raise ValueError(f"mixture weights must be positive, one per data set, got {weights.tolist()}")
+        self.cumulative = np.cumsum(weights) / weights.sum()
+        self.cumulative[-1] = 1.0
+        self._before: list[np.ndarray] = [np.zeros(len(self.sizes), dtype=np.int64)]  # counts before chunk c
+        self._perms: dict[tuple[int, int], np.ndarray] = {}
+
+    def choices(self, chunk: int) -> np.ndarray:
+        """The data set of every position of chunk `chunk`, int64 [CHUNK]."""
+        if len(self.sizes) == 1:
+            return np.zeros(self.CHUNK, dtype=np.int64)
+        u = np.random.default_rng([self.seed, _MIX_KEY, int(chunk)]).random(self.CHUNK)
+        return np.searchsorted(self.cumulative, u, side="right").astype(np.int64)
+
+    def _counts_before(self, chunk: int) -> np.ndarray:
+        while len(self._before) <= chunk:
+            c = len(self._before) - 1
+            self._before.append(self._before[c] + np.bincount(self.choices(c), minlength=len(self.sizes)))
+        return self._before[chunk]
+
+    def _permutation(self, k: int, epoch: int) -> np.ndarray:
+        key = (k, epoch)
+        if key not in self._perms:
+            if len(self._perms) > 64:
+                self._perms.clear()
+            seed = [self.seed, epoch] + ([k] if k else [])  # data set 0 alone: sample_indices' order
+            self._perms[key] = np.random.default_rng(seed).permutation(self.sizes[k])
+        return self._perms[key]
+
+    def picks(self, start: int, count: int) -> list[tuple[int, int, int]]:
+        """(data set, sample index, epoch) of positions start .. start+count-1."""
+        out = []
+        chunk, taken, choices = None, None, None
+        for p in range(start, start + count):
+            c, offset = divmod(p, self.CHUNK)
+            if c != chunk:
+                chunk, choices = c, self.choices(c)
+                taken = self._counts_before(c).copy()
+                taken += np.bincount(choices[:offset], minlength=len(self.sizes))
+            k = int(choices[offset])
+            n = int(taken[k])
+            taken[k] += 1
+            epoch, i = divmod(n, self.sizes[k])
+            out.append((k, int(self._permutation(k, epoch)[i]), epoch))
+        return out
+
+
+class SftMixture:
+    """Several `SftDataset`s sampled as one stream (`MixtureOrder`); rows of any task share a
+    batch (all are padded to the same max_length)."""
+
+    def __init__(self, datasets, weights=None, seed: int = 0):
+        self.datasets = list(datasets)
+        lengths = {d.max_length for d in self.datasets}
+        if len(lengths) != 1:
+            raise ValueError(f"the data sets of a mixture must share max_length, got {sorted(lengths)}")
+        self.weights = [1.0] * len(self.datasets) if weights is None else [float(w) for w in weights]
+        self.order = MixtureOrder(seed, [len(d) for d in self.datasets], self.weights)
+
+    def picks(self, start: int, count: int) -> list[tuple[int, int, int]]:
+        return self.order.picks(start, count)
+
+    def row(self, pick) -> dict:
+        k, index, epoch = pick
+        return self.datasets[k].batch([index], epoch)
+
+    def task_tokens(self, start: int, count: int) -> dict:
+        """Supervised tokens per task of positions start .. start+count-1 (after `validate`)."""
+        out: dict[str, int] = {}
+        for k, index, _ in self.picks(start, count):
+            d = self.datasets[k]
+            if d.supervised is None:
+                d.validate()
+            out[d.task] = out.get(d.task, 0) + int(d.supervised[index])
+        return out
+
+
+def _as_mixture(data, seed: int) -> SftMixture:
+    return data if isinstance(data, SftMixture) else SftMixture([data], seed=seed)
+
+
 def rank_micro_batches(dataset, config: SftConfig, step: int, dp_size: int, dp_rank: int) -> list[dict]:
-    """This data-parallel rank's share of optimiser step `step`, as `accumulate` micro-batches."""
+    """This data-parallel rank's share of optimiser step `step`, as `accumulate` micro-batches.
+    `dataset`: an `SftDataset`, or an `SftMixture` of several."""
+    mixture = _as_mixture(dataset, config.seed)
     per_rank = config.batch_size // dp_size
     micro = per_rank // config.accumulate
-    picks = sample_indices(config.seed, step * config.batch_size + dp_rank * per_rank, per_rank,
-                           len(dataset))
-    rows = [dataset.batch([index], epoch) for index, epoch in picks]
+    picks = mixture.picks(step * config.batch_size + dp_rank * per_rank, per_rank)
+    rows = [mixture.row(pick) for pick in picks]
     out = []
     for k in range(config.accumulate):
         part = rows[k * micro:(k + 1) * micro]
@@ -210,7 +409,11 @@ def _cut_metrics(path: Path, last_step: int) -> None:
     os.replace(tmp, path)
 
 
-def _resume_point(config: SftConfig, out: Path):
+def _mixture_record(mixture: list[DataSpec]) -> list[dict]:
+    return [d.record() for d in mixture]
+
+
+def _resume_point(config: SftConfig, out: Path, mixture: list[DataSpec]):
     """(checkpoint dir, its state) to resume from, or (None, None) for a fresh run."""
     if not config.resume:
         return None, None
@@ -223,6 +426,16 @@ def _resume_point(config: SftConfig, out: Path):
         if key in saved and saved[key] != getattr(config, key):
             raise ValueError(f"--resume: --{key.replace('_', '-')} is {getattr(config, key)!r} but the run in "
                              f"{out} used {saved[key]!r}")
+    ours = _mixture_record(mixture)
+    if "mixture" in state:
+        theirs = state["mixture"]
+    else:  # a run recorded before mixtures: one data file and --task
+        theirs = [{"path": str(Path(saved.get("data", "")).resolve()), "task": saved.get("task"),
+                   "weight": 1.0}]
+    if theirs != ours:
+        def show(m):
+            return " ".join(f"{d['path']},task={d['task']},weight={d['weight']:g}" for d in m)
+        raise ValueError(f"--resume: --data is {show(ours)} but the run in {out} used {show(theirs)}")
     return ckpt, state
 
 
@@ -247,11 +460,14 @@ def train(config: SftConfig, progress: bool = True) -> dict:
     from .sequences import SftDataset
 
     out = Path(config.out)
-    ckpt, state = _resume_point(config, out)
+    specs = config.mixture()
+    ckpt, state = _resume_point(config, out, specs)
     tokenizer = Emu3Tokenizer.from_pretrained(config.tokenizer or config.model)
-    dataset = SftDataset(config.data, tokenizer, config.task, config.max_length,
-                         null_prompt_prob=config.null_prompt_prob, seed=config.seed)
-    dataset.validate()
+    datasets = [SftDataset(d.path, tokenizer, d.task, config.max_length,
+                           null_prompt_prob=config.null_prompt_prob, seed=config.seed) for d in specs]
+    for d in datasets:
+        d.validate()
+    dataset = SftMixture(datasets, [d.weight for d in specs], seed=config.seed)
 
     import mindspore as ms
 
@@ -292,7 +508,8 @@ def train(config: SftConfig, progress: bool = True) -> dict:
             last = StepRecord(step=step + 1, loss=float(result.loss), lr=float(lr),
                               grad_norm=float(result.grad_norm), tokens=int(result.tokens),
                               seconds=round(time.perf_counter() - t0, 4), skipped=bool(result.skipped),
-                              loss_scale=float(result.loss_scale))
+                              loss_scale=float(result.loss_scale),
+                              task_tokens=dataset.task_tokens(step * config.batch_size, config.batch_size))
             if not math.isfinite(last.loss) and not last.skipped:
                 raise FloatingPointError(f"step {step + 1}: the loss is {last.loss}; stopping "
                                          "(lower --lr, or use --dtype fp32)")
@@ -304,17 +521,20 @@ def train(config: SftConfig, progress: bool = True) -> dict:
                 bar.update(1)
             done = step + 1
             if config.save_every and done % config.save_every == 0 and done < config.steps:
-                save(engine, model, tokenizer, config, out / checkpoints.checkpoint_name(done), done, last)
+                save(engine, model, tokenizer, config, out / checkpoints.checkpoint_name(done), done, last, specs)
     finally:
         if bar is not None:
             bar.close()
-    final = save(engine, model, tokenizer, config, out / checkpoints.FINAL, config.steps, last)
+    final = save(engine, model, tokenizer, config, out / checkpoints.FINAL, config.steps, last, specs)
     return {"steps": config.steps, "resumed_from": start, "final": str(final),
             "last": None if last is None else dataclasses.asdict(last)}
 
 
-def save(engine, model, tokenizer, config: SftConfig, target: Path, step: int, last) -> Path:
-    """Write a checkpoint directory (collective: every process calls it; process 0 writes)."""
+def save(engine, model, tokenizer, config: SftConfig, target: Path, step: int, last,
+         mixture: list[DataSpec] | None = None) -> Path:
+    """Write a checkpoint directory (collective: every process calls it; process 0 writes).
+    trainer_state.json records the step, the settings, the mixture (each data set's absolute
+    path, task and weight) and the last metrics."""
     from emu3_lm.checkpoint import save_arrays
 
     weights = engine.state_dict()  # gathered across processes
@@ -328,6 +548,7 @@ def save(engine, model, tokenizer, config: SftConfig, target: Path, step: int, l
         checkpoints.write_optimizer_state(tmp, optimizer)
         checkpoints.write_json(tmp / checkpoints.STATE_FILE, {
             "step": int(step), "config": dataclasses.asdict(config),
+            "mixture": _mixture_record(mixture if mixture is not None else config.mixture()),
             "world_size": engine.world_size,
             "last": None if last is None else dataclasses.asdict(last)})
 
