@@ -81,16 +81,36 @@ def learn_bpe_ranks(texts=TINY_CORPUS, num_merges: int = 200) -> dict[bytes, int
     return ranks
 
 
+def train_bpe_ranks(texts, vocab_size: int = 400) -> dict[bytes, int]:
+    """Byte-level BPE ranks trained with the tokenizers library (GPT-2 pre-split): the 256
+    single bytes, then the learnt merges in the order learnt, up to `vocab_size` tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from .tokenizer import token_str_to_bytes
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=[], show_progress=False)
+    tok.train_from_iterator(list(texts), trainer)
+    vocab = tok.get_vocab()
+    ranks = {token_str_to_bytes(token): rank for token, rank in vocab.items()}
+    if sorted(ranks.values()) != list(range(len(vocab))):
+        raise ValueError("the trained vocabulary's ids are not 0..n-1")
+    return ranks
+
+
 def _named_token_config() -> dict:
     return {f"{name}_token": default for name, (_keys, default) in NAMED_TOKENS.items()}
 
 
 def build_tiktoken_tokenizer(directory, num_visual_tokens: int = 64, num_merges: int = 200,
-                             texts=TINY_CORPUS) -> Path:
-    """Original format: emu3.tiktoken + emu3_vision_tokens.txt + tokenizer_config.json."""
+                             texts=TINY_CORPUS, ranks: dict[bytes, int] | None = None) -> Path:
+    """Original format: emu3.tiktoken + emu3_vision_tokens.txt + tokenizer_config.json; the
+    BPE is `ranks` when given (e.g. from `train_bpe_ranks`), else learnt from `texts`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_tiktoken_ranks(directory / TIKTOKEN_FILE, learn_bpe_ranks(texts, num_merges))
+    save_tiktoken_ranks(directory / TIKTOKEN_FILE, ranks if ranks is not None else learn_bpe_ranks(texts, num_merges))
     with open(directory / VISION_TOKENS_FILE, "w", encoding="utf-8") as f:
         for token in list(IMAGE_TOKENS) + [visual_token(k) for k in range(num_visual_tokens)]:
             f.write(token + "\n")

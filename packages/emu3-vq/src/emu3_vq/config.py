@@ -174,6 +174,8 @@ PRESETS: dict[str, dict] = {
     "emu3-visiontokenizer": {},
     # small enough for unit tests; same depth and every kind of layer as the real one
     "tiny": dict(codebook_size=64, ch=32, ch_mult=(1, 2, 2, 2), num_res_blocks=1),
+    # the shapes model (emu3 train vq on tools/shapes data): 32x32 images -> 8x8 codes
+    "shapes": dict(codebook_size=512, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=()),
     # smallest: two stages (factor 2), for CLI and fast tests
     "micro": dict(codebook_size=32, ch=32, ch_mult=(1, 1), num_res_blocks=1, attn_resolutions=(1,)),
 }

@@ -1,0 +1,444 @@
+"""Training the vision tokenizer: `emu3 train vq`.
+
+No released Emu3 code trains the tokenizer; this is the VQ-VAE recipe (`vq_loss.VQLoss`:
+L1 + L2 reconstruction, codebook and commitment losses, straight-through) on Emu3's own
+architecture, with the two usual remedies against codebook collapse:
+
+- k-means initialisation: before the first step the codebook is set to `codebook_size`
+  k-means centroids of the untrained encoder's latents over the first batches;
+- dead-code restart: every `restart_every` steps, each code not chosen once in that window is
+  moved onto a latent drawn from the current batch.
+
+Images (and optionally 4-frame clips cut from videos) are read once into memory; the batch of
+step s is a function of (seed, s), so a resumed run continues exactly. Outputs follow
+`emu3 train sft`: `OUT/metrics.jsonl` (one line a step), `OUT/checkpoint-STEP/` every
+`save_every` steps and `OUT/final/`, each written whole then renamed; a checkpoint is a
+vision-tokenizer directory in the original layout (config.json, model.safetensors,
+preprocessor_config.json) that `Emu3VQModel.from_pretrained` loads, plus optimizer.safetensors
+and trainer_state.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoints import (
+    FINAL,
+    checkpoint_name,
+    latest_checkpoint,
+    read_optimizer_state,
+    read_state,
+    write_checkpoint_dir,
+    write_json,
+    write_optimizer_state,
+)
+
+METRICS = "metrics.jsonl"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+# the settings a resumed run must share with the run it continues
+_RUN_KEYS = ("images", "videos", "config", "image_size", "batch_size", "clip_batch_size", "lr", "min_lr",
+             "warmup_steps", "beta", "restart_every", "seed", "steps")
+
+
+@dataclass
+class VQTrainConfig:
+    """Settings of `emu3 train vq` (see docs/training.md)."""
+
+    images: str  # a directory of images (searched recursively)
+    out: str
+    videos: str | None = None  # a directory of videos (frame folders, GIF or MP4), for 4-frame clips
+    config: str = "shapes"  # an Emu3VQConfig preset, a config.json, or a checkpoint directory
+    image_size: int = 32  # images (and frames) are resized to image_size x image_size
+    steps: int = 300
+    batch_size: int = 12  # images a step
+    clip_batch_size: int = 1  # video clips a step (when `videos`)
+    lr: float = 2e-3
+    min_lr: float = 2e-4
+    warmup_steps: int = 20
+    beta: float = 0.25  # commitment weight
+    restart_every: int = 25  # steps between dead-code restarts (0: never)
+    kmeans_batches: int = 8  # batches whose latents initialise the codebook (0: random init)
+    seed: int = 0
+    save_every: int = 0
+    resume: bool = False
+    min_pixels: int | None = None  # the image processor's limits written with the model
+    max_pixels: int | None = None
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "image_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("clip_batch_size", "warmup_steps", "restart_every", "kmeans_batches", "save_every"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        for name in ("lr", "min_lr", "beta"):
+            value = float(getattr(self, name))
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+        if self.min_lr > self.lr:
+            raise ValueError(f"--min-lr ({self.min_lr}) must not exceed --lr ({self.lr})")
+
+
+# ---- data -------------------------------------------------------------------------------
+
+def bar(items, desc: str, disable: bool, **kwargs):
+    """A progress bar on stderr (tqdm), or the items alone when `disable`."""
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, disable=disable, dynamic_ncols=True, **kwargs)
+
+
+def image_files(directory) -> list[Path]:
+    """Every image under `directory`, sorted; an error when there is none."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"--images {directory}: not a directory")
+    files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise ValueError(f"--images {directory}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+    return files
+
+
+def video_sources(directory) -> list[Path]:
+    """The videos of `directory`: its sub-directories holding frames, and its GIF/MP4 files."""
+    from emu3_vq.media import is_video_path
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"--videos {directory}: not a directory")
+    found = sorted(p for p in directory.iterdir() if p.is_dir() or is_video_path(p))
+    if not found:
+        raise ValueError(f"--videos {directory}: no frame folders, GIF or MP4 files found")
+    return found
+
+
+def _pixels(image, size: int) -> np.ndarray:
+    """An image -> float32 [3, size, size] in [-1, 1] (the tokenizer's normalisation)."""
+    from PIL import Image
+
+    from emu3_vq.processor import to_rgb
+
+    image = to_rgb(image)
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BICUBIC)
+    return (np.asarray(image, np.float32).transpose(2, 0, 1) / 127.5 - 1.0).astype(np.float32)
+
+
+def load_images(files, size: int, progress: bool = False) -> np.ndarray:
+    from emu3_vq.media import load_image
+
+    out = np.empty((len(files), 3, size, size), np.float32)
+    for i, path in enumerate(bar(files, desc="reading images", disable=not progress)):
+        try:
+            out[i] = _pixels(load_image(path), size)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: cannot read image ({exc})") from None
+    return out
+
+
+def load_videos(sources, size: int, frames_per_clip: int, progress: bool = False) -> list[np.ndarray]:
+    """Each video as float32 [T, 3, size, size]; shorter than one clip is an error naming it."""
+    from emu3_vq.media import load_frames
+
+    videos = []
+    for path in bar(sources, desc="reading videos", disable=not progress):
+        try:
+            frames = load_frames(path)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: cannot read video ({exc})") from None
+        if len(frames) < frames_per_clip:
+            raise ValueError(f"{path}: {len(frames)} frames, a clip needs {frames_per_clip}")
+        videos.append(np.stack([_pixels(f, size) for f in frames]))
+    return videos
+
+
+def step_batch(images: np.ndarray, videos: list[np.ndarray], config: VQTrainConfig, step: int,
+               frames_per_clip: int, stream: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """The batch of `step` (from 0) of random stream `stream` (0: training, 1: the k-means
+    initialisation): a function of (seed, stream, step) alone."""
+    rng = np.random.default_rng([config.seed, stream, step])
+    batch = images[rng.integers(0, len(images), config.batch_size)]
+    clips = None
+    if videos and config.clip_batch_size:
+        picks = []
+        for _ in range(config.clip_batch_size):
+            v = videos[int(rng.integers(0, len(videos)))]
+            start = int(rng.integers(0, len(v) - frames_per_clip + 1))
+            picks.append(v[start:start + frames_per_clip])
+        clips = np.stack(picks)
+    return batch, clips
+
+
+# ---- model ------------------------------------------------------------------------------
+
+def resolve_config(spec: str):
+    """An Emu3VQConfig from a preset name, a config.json, or a checkpoint directory."""
+    from emu3_vq.config import PRESETS, Emu3VQConfig
+
+    if spec in PRESETS:
+        return Emu3VQConfig.from_name(spec)
+    path = Path(spec)
+    if path.is_dir():
+        path = path / "config.json"
+    if path.is_file():
+        return Emu3VQConfig.from_json_file(path)
+    raise ValueError(f"--config {spec!r}: not a preset ({', '.join(sorted(PRESETS))}), "
+                     "a config.json or a directory holding one")
+
+
+def initial_state(config, seed: int) -> dict[str, np.ndarray]:
+    """Fresh weights for every original key: convolutions normal(0, 1/fan_in), biases 0, norm
+    scales 1, BatchNorm statistics (0, 1), codebook small (k-means replaces it)."""
+    from emu3_vq.tiny import original_key_shapes
+
+    rng = np.random.default_rng(seed)
+    state = {}
+    for name, shape in original_key_shapes(config).items():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf == "num_batches_tracked":
+            state[name] = np.array(0, np.int64)
+        elif leaf in ("running_mean", "bias"):
+            state[name] = np.zeros(shape, np.float32)
+        elif leaf == "running_var" or len(shape) == 1:
+            state[name] = np.ones(shape, np.float32)
+        elif name == "quantize.embedding.weight":
+            state[name] = (0.01 * rng.standard_normal(shape)).astype(np.float32)
+        else:
+            fan_in = int(np.prod(shape[1:]))
+            state[name] = (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
+    return state
+
+
+def kmeans(points: np.ndarray, k: int, seed: int, iterations: int = 10) -> np.ndarray:
+    """Lloyd's k-means of `points` [N, C] from k distinct random points; an empty cluster takes
+    the point farthest from its centroid."""
+    rng = np.random.default_rng(seed)
+    points = points.astype(np.float64)
+    if len(points) < k:  # too few latents: repeat them with a little noise
+        reps = int(math.ceil(k / len(points)))
+        points = np.concatenate([points + 1e-3 * rng.standard_normal(points.shape) for _ in range(reps)])
+    centres = points[rng.choice(len(points), k, replace=False)].copy()
+    for _ in range(iterations):
+        d = (points ** 2).sum(1, keepdims=True) + (centres ** 2).sum(1) - 2 * points @ centres.T
+        assign = d.argmin(1)
+        best = d[np.arange(len(points)), assign]
+        for j in range(k):
+            members = points[assign == j]
+            if len(members):
+                centres[j] = members.mean(0)
+            else:
+                far = int(best.argmax())
+                centres[j], best[far] = points[far], 0.0
+    return centres.astype(np.float32)
+
+
+def perplexity(codes: np.ndarray, k: int) -> float:
+    """exp(entropy) of the batch's code histogram: the number of codes in effective use."""
+    p = np.bincount(codes, minlength=k) / max(1, len(codes))
+    p = p[p > 0]
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+class VQTrainer:
+    """The model, its loss, AdamW and one compiled step; host-side codebook upkeep."""
+
+    def __init__(self, model_config, state: dict[str, np.ndarray], config: VQTrainConfig):
+        import mindspore as ms
+
+        from emu3_vq.model import Emu3VQModel
+        from emu3_vq.weights import load_into
+
+        from .optim import AdamW
+        from .vq_loss import VQLoss
+
+        self.ms = ms
+        self.config = config
+        self.model = Emu3VQModel(model_config, jit=False)
+        load_into(self.model, state.items(), what="initial vision tokenizer")
+        self.model.set_train(False)  # BatchNorm on its running statistics; dropout off
+        self.loss = VQLoss(self.model, config.beta)
+        params = list(self.model.trainable_params())
+        decay = [p for p in params if len(p.shape) > 1 and "embedding" not in p.name]
+        rest = [p for p in params if not (len(p.shape) > 1 and "embedding" not in p.name)]
+        self.optimizer = AdamW([{"params": decay, "weight_decay": 0.0}, {"params": rest, "weight_decay": 0.0}],
+                               betas=(0.9, 0.99), eps=1e-8)
+        self.codebook = self.model.quantize.embedding.weight
+        grad_fn = ms.value_and_grad(self.loss, None, self.optimizer.params, has_aux=True)
+        optimizer = self.optimizer
+
+        def train_step(images, clips, lr):
+            (loss, aux), grads = grad_fn(images, clips)
+            optimizer(grads, lr)
+            return loss, aux
+
+        loss_cell = self.loss
+
+        def latents(images, clips):
+            return loss_cell(images, clips)[1][5]
+
+        self._step = ms.jit(train_step)
+        self._latents = ms.jit(latents)
+        self.usage = np.zeros(model_config.codebook_size, np.int64)
+
+    def tensor(self, array):
+        return None if array is None else self.ms.Tensor(array)
+
+    def init_codebook(self, batches) -> None:
+        """k-means centroids of the latents of `batches` ((images, clips) pairs) as the codebook."""
+        k = self.codebook.shape[0]
+        latents = np.concatenate([self._latents(self.tensor(b), self.tensor(c)).asnumpy() for b, c in batches])
+        self.set_codebook(kmeans(latents, k, self.config.seed))
+
+    def set_codebook(self, values: np.ndarray) -> None:
+        self.ms.ops.assign(self.codebook, self.ms.Tensor(values.astype(np.float32)))
+
+    def step(self, images, clips, lr: float) -> dict:
+        loss, aux = self._step(self.tensor(images), self.tensor(clips), self.ms.Tensor(lr, self.ms.float32))
+        l1, mse, codebook, commitment, codes, latents = aux
+        codes = codes.asnumpy()
+        self.usage += np.bincount(codes, minlength=len(self.usage))
+        self._last_latents = latents
+        return {"loss": float(loss), "l1": float(l1), "mse": float(mse), "codebook": float(codebook),
+                "commitment": float(commitment), "perplexity": perplexity(codes, len(self.usage)),
+                "codes_used": int((np.bincount(codes, minlength=len(self.usage)) > 0).sum())}
+
+    def restart_dead(self, rng: np.random.Generator) -> int:
+        """Move each code unused since the last restart onto a latent of the last batch."""
+        dead = np.flatnonzero(self.usage == 0)
+        self.usage[:] = 0
+        if not len(dead):
+            return 0
+        latents = self._last_latents.asnumpy()
+        values = self.codebook.asnumpy().copy()
+        picks = latents[rng.integers(0, len(latents), len(dead))]
+        values[dead] = picks + 1e-3 * rng.standard_normal(picks.shape).astype(np.float32)
+        self.set_codebook(values)
+        return int(len(dead))
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        state = {p.name: p.asnumpy() for p in list(self.optimizer.exp_avg) + list(self.optimizer.exp_avg_sq)}
+        state["adamw.steps"] = self.optimizer.steps.asnumpy()
+        state["codebook_usage"] = self.usage.copy()
+        return state
+
+    def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        for p in list(self.optimizer.exp_avg) + list(self.optimizer.exp_avg_sq) + [self.optimizer.steps]:
+            if p.name not in state:
+                raise ValueError(f"optimizer state lacks {p.name}")
+            self.ms.ops.assign(p, self.ms.Tensor(state[p.name]))
+        self.usage[:] = state["codebook_usage"]
+
+
+# ---- the run ----------------------------------------------------------------------------
+
+def lr_at(step: int, config: VQTrainConfig) -> float:
+    """Linear warmup then cosine from lr to min_lr (step from 0)."""
+    from .optim import cosine_with_min_lr
+
+    return cosine_with_min_lr(step, config.steps, config.warmup_steps, config.lr, config.min_lr)
+
+
+def _settings(config: VQTrainConfig) -> dict:
+    return {k: getattr(config, k) for k in _RUN_KEYS}
+
+
+def _write_model_dir(trainer: VQTrainer, model_config, config: VQTrainConfig, directory: Path) -> None:
+    from emu3_vq.checkpoint import save_pretrained
+    from emu3_vq.processor import Emu3ImageProcessor
+
+    save_pretrained(trainer.model, directory)
+    pixels = config.image_size * config.image_size
+    Emu3ImageProcessor(spatial_factor=model_config.spatial_factor,
+                       min_pixels=config.min_pixels or pixels,
+                       max_pixels=config.max_pixels or max(pixels, 256 * 256)).save_pretrained(directory)
+
+
+def _save(trainer, model_config, config: VQTrainConfig, target: Path, step: int, last: dict) -> Path:
+    def write(tmp: Path):
+        _write_model_dir(trainer, model_config, config, tmp)
+        write_optimizer_state(tmp, trainer.optimizer_state())
+        write_json(tmp / "trainer_state.json", {"step": step, "settings": _settings(config), "last": last,
+                                                "config": asdict(config)})
+
+    return write_checkpoint_dir(target, write)
+
+
+def _cut_metrics(path: Path, last_step: int) -> None:
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line)["step"] <= last_step]
+    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+
+
+def train_vq(config: VQTrainConfig, progress: bool = True) -> dict:
+    """Run `emu3 train vq`; returns the last step's metrics with `final` (the model directory)."""
+
+    config.validate()
+    out = Path(config.out)
+    model_config = resolve_config(config.config)
+    f = model_config.spatial_factor
+    if config.image_size % f:
+        raise ValueError(f"--image-size {config.image_size} must be a multiple of the spatial factor {f}")
+    files = image_files(config.images)
+    sources = video_sources(config.videos) if config.videos else []
+    start, resume_from = 0, None
+    if config.resume:
+        resume_from = latest_checkpoint(out)
+        if resume_from is None:
+            raise ValueError(f"--resume: no checkpoint-STEP directory in {out}")
+        saved = read_state(resume_from)
+        for key, value in _settings(config).items():
+            if saved["settings"].get(key) != value:
+                raise ValueError(f"--resume: {key} is {value!r} but the run in {out} used "
+                                 f"{saved['settings'].get(key)!r}")
+        start = int(saved["step"])
+    elif out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out} already holds files; pass --resume to continue that run, or another --out")
+
+    t_factor = model_config.temporal_downsample_factor
+    images = load_images(files, config.image_size, progress)
+    videos = load_videos(sources, config.image_size, t_factor, progress) if sources else []
+
+    if resume_from is not None:
+        from emu3_vq.weights import read_safetensors
+
+        state = read_safetensors(resume_from / "model.safetensors")
+    else:
+        state = initial_state(model_config, config.seed)
+    trainer = VQTrainer(model_config, state, config)
+    if resume_from is not None:
+        trainer.load_optimizer_state(read_optimizer_state(resume_from))
+        _cut_metrics(out / METRICS, start)
+    elif config.kmeans_batches:
+        trainer.init_codebook([step_batch(images, videos, config, i, t_factor, stream=1)
+                               for i in range(config.kmeans_batches)])
+    out.mkdir(parents=True, exist_ok=True)
+
+    last: dict = {}
+    with open(out / METRICS, "a", encoding="utf-8") as metrics:
+        for step in bar(range(start, config.steps), desc="training vision tokenizer", initial=start,
+                        total=config.steps, disable=not progress):
+            t0 = time.perf_counter()
+            lr = lr_at(step, config)
+            batch, clips = step_batch(images, videos, config, step, t_factor)
+            last = {"step": step + 1, "lr": lr, **trainer.step(batch, clips, lr)}
+            if not math.isfinite(last["loss"]):
+                raise FloatingPointError(f"step {step + 1}: the loss is {last['loss']}; lower --lr")
+            restarted = 0
+            if config.restart_every and (step + 1) % config.restart_every == 0 and step + 1 < config.steps:
+                restarted = trainer.restart_dead(np.random.default_rng([config.seed, 2, step]))
+            last.update(restarted=restarted, psnr=float(10 * np.log10(4.0 / max(last["mse"], 1e-12))),
+                        seconds=time.perf_counter() - t0)
+            metrics.write(json.dumps(last) + "\n")
+            metrics.flush()
+            if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < config.steps:
+                _save(trainer, model_config, config, out / checkpoint_name(step + 1), step + 1, last)
+    final = _save(trainer, model_config, config, out / FINAL, config.steps, last)
+    return {**last, "final": str(final)}
