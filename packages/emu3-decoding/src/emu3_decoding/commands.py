@@ -1,8 +1,8 @@
 """`emu3 generate image|answer|video-continue`: text to image, questions about an image, videos.
 
-Without --model the embedded demo model is used: a tiny LM and vision tokenizer with untrained
-random weights, built on first use into the user cache; the output is noise, the pipeline is
-the real one. --model names an Emu3-Gen/-Chat checkpoint holding the tokenizer files, a local
+Without --model the default model is used (`emu3_vq.defaults`: the package emu3-shapes, a
+small Emu3 trained with emu3-train on coloured shapes at 32x32 pixels; docs/shapes.md).
+--model names an Emu3-Gen/-Chat checkpoint holding the tokenizer files, a local
 directory or a hub repo id (org/name; --revision picks a branch, tag or commit); the vision
 tokenizer comes from --vq, or from the model itself for an -hf checkpoint. Defaults the
 checkpoint's generation_config.json holds (guidance_scale, top_k, top_p, temperature,
@@ -62,10 +62,10 @@ def register(subparsers) -> None:
     def models(p):
         p.add_argument("--model", metavar="DIR|ORG/NAME",
                        help="Emu3 LM checkpoint with its tokenizer: a directory or a hub repo id (default: the "
-                            "embedded demo model, untrained random weights: the output is noise)")
+                            "default model, emu3-shapes: a small Emu3 trained on coloured shapes)")
         p.add_argument("--vq", metavar="DIR|ORG/NAME",
-                       help="vision tokenizer checkpoint: a directory or a hub repo id (default: the demo one "
-                            "without --model, the --model itself for an -hf checkpoint)")
+                       help="vision tokenizer checkpoint: a directory or a hub repo id (default: the default "
+                            "model's without --model, the --model itself for an -hf checkpoint)")
         p.add_argument("--revision", metavar="REV", default=None,
                        help="branch, tag or commit of a hub repo id --model (default: its main branch)")
         add_runtime_options(p)
@@ -160,15 +160,16 @@ def _pipeline(args):
     refused, the device selected (--device, --threads), the configs read."""
     if args.model is None:
         if args.vq is not None:
-            raise UserError("--vq needs --model: the demo LM only fits the demo vision tokenizer")
+            raise UserError("--vq needs --model: the default LM only fits its own vision tokenizer")
         if args.revision is not None:
             raise UserError("--revision needs --model naming a hub repo id (org/name)")
     apply_runtime(args)
     from .pipeline import Emu3Pipeline
 
     if args.model is None:
-        print("emu3: note: no --model given, using the embedded demo model (a tiny LM and vision tokenizer, "
-              "built into the user cache): untrained random weights, the output is noise", file=sys.stderr)
+        from emu3_vq.defaults import note
+
+        note(quiet=False)
     return Emu3Pipeline.from_pretrained(args.model, args.vq, args.dtype, revision=args.revision, lazy=True)
 
 

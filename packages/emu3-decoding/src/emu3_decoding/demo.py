@@ -1,26 +1,22 @@
-"""The embedded demo model: a tiny random-weight Emu3 LM with its tokenizer, and a tiny VQ.
+"""Model directories without a download: the default model, and random-weight LMs for tests.
 
-Untrained: what it generates is noise; the pipeline (prompt layout, constraint, guidance,
-sampling, VQ decode, files) is the real one. Built deterministically on first use into the
-user cache ($XDG_CACHE_HOME/emu3 or ~/.cache/emu3) and reused afterwards.
-
-- LM: `Emu3LMConfig` preset 'tiny' (2 layers, hidden 64, vocab 731, 64 visual tokens), weights
-  normal(0, initializer_range) from numpy's PCG64 with the seed, in the original BAAI layout
-  (config.json + model.safetensors), with the tiny tiktoken tokenizer of `emu3_lm.tiny_assets`.
-- VQ: `emu3_vq.tiny` preset 'tiny' (codebook 64, spatial factor 8).
+- `default_model_dirs`: the default model's (LM, vision tokenizer) directories
+  (`emu3_vq.defaults`: the package emu3-shapes, trained with emu3-train on coloured shapes).
+- `build_demo_lm` / `random_lm_state`: an LM checkpoint with random weights, normal(0,
+  initializer_range) from numpy's PCG64 with the seed, in the original BAAI layout
+  (config.json + model.safetensors) with the tiny tiktoken tokenizer of `emu3_lm.tiny_assets`:
+  what tests need when the behaviour under test does not depend on trained weights, and the
+  starting point of training from scratch.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
 LM_PRESET = "tiny"
-VQ_PRESET = "tiny"
-LAYOUT_VERSION = 1  # bump when what build_demo_lm writes changes, so cached copies are rebuilt
 
 
 def random_lm_state(config, seed: int = 0) -> dict[str, np.ndarray]:
@@ -55,15 +51,11 @@ def build_demo_lm(directory, seed: int = 0, preset: str = LM_PRESET) -> Path:
     return directory
 
 
-def default_model_dirs(seed: int = 0, quiet: bool = False) -> tuple[Path, Path]:
-    """(LM directory, VQ directory) of the embedded demo model, built on first use."""
-    from emu3_vq.tiny import cached_build, default_model_dir
+def default_model_dirs(quiet: bool = False) -> tuple[Path, Path]:
+    """(LM directory, vision-tokenizer directory) of the default model; a note on stderr
+    unless `quiet`. `emu3_vq.defaults.NoDefaultModel` when none is installed."""
+    from emu3_vq.defaults import model_dirs, note
 
-    stamp = {"layout_version": LAYOUT_VERSION, "preset": LM_PRESET, "seed": seed}
-    target = cached_build(f"demo-lm-{LM_PRESET}-seed{seed}", stamp, lambda d: build_demo_lm(d, seed))
-    vq_dir = default_model_dir(VQ_PRESET, seed, quiet=True)
-    if not quiet:
-        print(f"emu3: note: no --model given, using the embedded demo model ({LM_PRESET} LM at {target}, "
-              f"{VQ_PRESET} vision tokenizer at {vq_dir}): untrained random weights, the output is noise",
-              file=sys.stderr)
-    return target, vq_dir
+    dirs = model_dirs()
+    note(quiet)
+    return dirs["lm"], dirs["vq"]

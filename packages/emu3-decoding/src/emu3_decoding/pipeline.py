@@ -243,8 +243,8 @@ class Emu3Pipeline:
         """A pipeline from checkpoints: `model` an Emu3 LM checkpoint (a local directory or a hub
         repo id, with its tokenizer files), `vq` its vision tokenizer (the same; default: `model`
         itself when its config.json has a `vq_config`, an -hf checkpoint). Without `model`, the
-        embedded demo model (`demo.default_model_dirs`: untrained random weights; `vq` must then
-        be None too). dtype: "fp32", "fp16", "bf16" or a MindSpore dtype (default: the device's,
+        default model (`emu3_vq.defaults`: emu3-shapes, a small Emu3 trained on coloured shapes;
+        `vq` must then be None too). dtype: "fp32", "fp16", "bf16" or a MindSpore dtype (default: the device's,
         `emu3_vq.device.policy()`). revision: of the hub repo `model` (and of `vq` when it is the
         model itself); cache_dir, local_files_only: for hub repo ids, as huggingface_hub's.
 
@@ -263,13 +263,13 @@ class Emu3Pipeline:
         hub = _given(cache_dir=cache_dir, local_files_only=local_files_only)
         if model is None:
             if vq is not None:
-                raise ValueError("vq needs model (--vq needs --model): the demo LM only fits the demo vision tokenizer")
+                raise ValueError("vq needs model (--vq needs --model): the default LM only fits its own vision tokenizer")
             if revision is not None:
-                raise ValueError("revision (--revision) applies to a hub repo id model; the demo model is built here")
-            from .demo import default_model_dirs
+                raise ValueError("revision (--revision) applies to a hub repo id model; the default model is installed")
+            from emu3_vq.defaults import model_dirs
 
-            lm_dir, vq_dir = default_model_dirs(quiet=True)
-            model_name, vq_name, source = str(lm_dir), str(vq_dir), {"model": "demo", "vq": "demo"}
+            dirs = model_dirs()
+            model_name, vq_name, source = str(dirs["lm"]), str(dirs["vq"]), {"model": "default", "vq": "default"}
         else:
             model_name = os.fspath(model)
             if revision is not None and Path(model_name).is_dir():

@@ -6,7 +6,8 @@
                     steps=1000, batch_size=8, max_length=4200))
 
 Modules: `prepare` and `dataset` (data on disk), `sequences` (layouts and labels), `trainer`
-(the loop, `emu3 train sft`), `engine` (the train step in every parallel mode), `parallel`,
+(the loop, `emu3 train sft`), `vq_train` and `vq_loss` (training the vision tokenizer,
+`emu3 train vq`), `engine` (the train step in every parallel mode), `parallel`,
 `collectives`, `sequence_parallel`, `zero` (the distributed pieces), `optim` (AdamW, schedule,
 clipping), `checkpoints`, `launch` (msrun), `commands` (the `emu3 train` CLI).
 """
@@ -21,11 +22,14 @@ _EXPORTS = {
     "param_groups": "emu3_train.optim",
     "prepare_t2i": "emu3_train.prepare",
     "prepare_vqa": "emu3_train.prepare",
+    "prepare_video": "emu3_train.prepare",
     "SftDataset": "emu3_train.sequences",
     "SftConfig": "emu3_train.trainer",
     "train": "emu3_train.trainer",
     "EngineConfig": "emu3_train.engine",
     "TrainEngine": "emu3_train.engine",
+    "VQTrainConfig": "emu3_train.vq_train",
+    "train_vq": "emu3_train.vq_train",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

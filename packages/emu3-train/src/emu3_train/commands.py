@@ -1,10 +1,11 @@
-"""`emu3 train ...`: preparing fine-tuning data, and fine-tuning.
+"""`emu3 train ...`: preparing fine-tuning data, fine-tuning, and training a vision tokenizer.
 
   emu3 train prepare-t2i --captions FILE.jsonl --vq VQ_DIR --out DIR
   emu3 train prepare-vqa --conversations FILE.json --image-root DIR --vq VQ_DIR --out DIR
   emu3 train prepare-video --videos FILE.jsonl --vq VQ_DIR --out DIR [--frames N]
   emu3 train sft --data SPEC [--data SPEC ...] --model LM_DIR [--task t2i|vqa|video] --out OUT
                  --steps N --batch-size B --max-length L [--nproc N] ...
+  emu3 train vq --images DIR [--videos DIR] --out OUT [--config PRESET|config.json|DIR] ...
 
 SPEC is DIR/list/train.json, optionally followed by ,task=t2i|vqa|video and ,weight=W: several
 --data train on a mixture, each sample drawn from data set k with probability proportional to
@@ -12,7 +13,8 @@ its weight (default 1). The task is the spec's, else the one the list file recor
 
 The prepare commands write DIR/feature/<name>.ckpt (one sample each: VQ codes and text) and,
 last, DIR/list/train.json, the file training reads: the format of BAAI's and mindone's
-scripts. `sft` writes OUT/metrics.jsonl, OUT/checkpoint-STEP/ and OUT/final/.
+scripts. `sft` writes OUT/metrics.jsonl, OUT/checkpoint-STEP/ and OUT/final/; so does `vq`,
+whose checkpoints are vision tokenizers (`--vq` of the other commands, `emu3 vq`).
 MindSpore is imported only when a command runs.
 """
 
@@ -30,7 +32,8 @@ from .prepare import T2I_IMAGE_AREA, VIDEO_IMAGE_AREA, VQA_IMAGE_AREA
 
 def register(subparsers) -> None:
     """Add the `train` command group to the `emu3` parser."""
-    train = subparsers.add_parser("train", help="fine-tuning: prepare data, supervised fine-tuning",
+    train = subparsers.add_parser("train", help="fine-tuning: prepare data, supervised fine-tuning; train a "
+                                                "vision tokenizer",
                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = train.add_subparsers(dest="train_command", metavar="COMMAND")
     sub.required = True
@@ -61,6 +64,7 @@ def register(subparsers) -> None:
     video.set_defaults(func=run_prepare_video)
 
     _add_sft(sub)
+    _add_vq(sub)
 
 
 def _prepare_options(p, default_area: int, what: str = "images") -> None:
@@ -225,3 +229,75 @@ def _sft_argv(config) -> list[str]:
         elif value is not None:
             argv += [flag, repr(value) if isinstance(value, float) else str(value)]
     return argv
+
+
+def _add_vq(sub) -> None:
+    p = sub.add_parser(
+        "vq", help="train a vision tokenizer (VQ-VAE) from scratch on images and video clips",
+        description="Train an Emu3 vision tokenizer from scratch: L1 + L2 reconstruction, codebook and "
+                    "commitment losses (straight-through), the codebook initialised by k-means of the "
+                    "untrained encoder's latents and its unused codes restarted on latents. Writes "
+                    "OUT/metrics.jsonl, OUT/checkpoint-STEP/ every --save-every steps and OUT/final/, "
+                    "each a vision tokenizer directory (Emu3VQModel.from_pretrained, emu3 vq, --vq). "
+                    "fp32, one process. See docs/training.md.")
+    from emu3_vq.config import PRESETS
+
+    from .vq_train import VQTrainConfig as d  # its defaults; the module imports no MindSpore
+
+    p.add_argument("--images", required=True, metavar="DIR",
+                   help="a directory of images (png, jpg, jpeg, bmp, webp; searched recursively)")
+    p.add_argument("--videos", metavar="DIR", default=None,
+                   help="a directory of videos (folders of frames, GIF or MP4 files): each step adds "
+                        "--clip-batch-size random clips of temporal_downsample_factor (4) frames")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--config", default=d.config, metavar="PRESET|FILE|DIR",
+                   help=f"the architecture: a preset ({', '.join(sorted(PRESETS))}), a config.json, or a "
+                        f"checkpoint directory holding one (its weights are not used) (default: {d.config})")
+    p.add_argument("--image-size", type=int, default=d.image_size, metavar="N",
+                   help="images and frames are resized to N x N; a multiple of the spatial factor "
+                        f"(default {d.image_size})")
+    p.add_argument("--steps", type=int, default=d.steps, metavar="N", help=f"optimiser steps (default {d.steps})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, metavar="N",
+                   help=f"images a step (default {d.batch_size})")
+    p.add_argument("--clip-batch-size", type=int, default=d.clip_batch_size, metavar="N",
+                   help=f"video clips a step, with --videos (default {d.clip_batch_size})")
+    p.add_argument("--lr", type=float, default=d.lr, metavar="LR", help=f"peak learning rate (default {d.lr})")
+    p.add_argument("--min-lr", type=float, default=d.min_lr, metavar="LR",
+                   help=f"final learning rate of the cosine (default {d.min_lr})")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, metavar="N",
+                   help=f"linear warmup steps from 0 (default {d.warmup_steps})")
+    p.add_argument("--beta", type=float, default=d.beta, metavar="B", help=f"commitment loss weight (default {d.beta})")
+    p.add_argument("--restart-every", type=int, default=d.restart_every, metavar="N",
+                   help="every N steps move each code not chosen in those steps onto a latent of the batch; "
+                        f"0: never (default {d.restart_every})")
+    p.add_argument("--kmeans-batches", type=int, default=d.kmeans_batches, metavar="N",
+                   help="initialise the codebook with k-means of the latents of N batches; 0: random "
+                        f"(default {d.kmeans_batches})")
+    p.add_argument("--seed", type=int, default=d.seed, metavar="N",
+                   help=f"initial weights, batches, k-means, restarts (default {d.seed})")
+    p.add_argument("--save-every", type=int, default=d.save_every, metavar="N",
+                   help="checkpoint every N steps (default 0: only OUT/final)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest OUT/checkpoint-STEP, with the same settings (none yet: start "
+                        "afresh)")
+    add_runtime_options(p, dtype=False)  # trained in fp32 only
+    p.set_defaults(func=_run_vq)
+
+
+def _run_vq(args) -> None:
+    from .vq_train import VQTrainConfig, train_vq
+
+    config = VQTrainConfig(
+        images=args.images, out=args.out, videos=args.videos, config=args.config, image_size=args.image_size,
+        steps=args.steps, batch_size=args.batch_size, clip_batch_size=args.clip_batch_size, lr=args.lr,
+        min_lr=args.min_lr, warmup_steps=args.warmup_steps, beta=args.beta, restart_every=args.restart_every,
+        kmeans_batches=args.kmeans_batches, seed=args.seed, save_every=args.save_every, resume=args.resume)
+    config.validate()  # before MindSpore loads
+    apply_runtime(args)
+    try:
+        result = train_vq(config)
+    except FloatingPointError as exc:  # diverged: a message, not a traceback
+        raise UserError(str(exc)) from None
+    print(f"emu3: trained {config.steps} steps (last loss {result['loss']:.4f}, PSNR {result['psnr']:.2f} dB, "
+          f"{result['codes_used']} of {result['codebook_size']} codes used in the last batch); "
+          f"vision tokenizer in {result['final']}", file=sys.stderr)

@@ -10,18 +10,22 @@ architecture, with the two usual remedies against codebook collapse:
   moved onto a latent drawn from the current batch.
 
 Images (and optionally 4-frame clips cut from videos) are read once into memory; the batch of
-step s is a function of (seed, s), so a resumed run continues exactly. Outputs follow
+step s is a function of (seed, s), so a resumed run continues exactly (bit-equal: the AdamW
+state and the codebook usage since the last restart are saved too). Outputs follow
 `emu3 train sft`: `OUT/metrics.jsonl` (one line a step), `OUT/checkpoint-STEP/` every
 `save_every` steps and `OUT/final/`, each written whole then renamed; a checkpoint is a
 vision-tokenizer directory in the original layout (config.json, model.safetensors,
 preprocessor_config.json) that `Emu3VQModel.from_pretrained` loads, plus optimizer.safetensors
-and trainer_state.json.
+and trainer_state.json. `resume` continues from the latest checkpoint-STEP (the settings of
+`_RUN_KEYS` must be the run's; with no checkpoint yet the run starts afresh, as sft's does).
+See docs/training.md, "Training the vision tokenizer".
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -55,12 +59,12 @@ class VQTrainConfig:
     videos: str | None = None  # a directory of videos (frame folders, GIF or MP4), for 4-frame clips
     config: str = "shapes"  # an Emu3VQConfig preset, a config.json, or a checkpoint directory
     image_size: int = 32  # images (and frames) are resized to image_size x image_size
-    steps: int = 300
+    steps: int = 400
     batch_size: int = 12  # images a step
     clip_batch_size: int = 1  # video clips a step (when `videos`)
-    lr: float = 2e-3
-    min_lr: float = 2e-4
-    warmup_steps: int = 20
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 10
     beta: float = 0.25  # commitment weight
     restart_every: int = 25  # steps between dead-code restarts (0: never)
     kmeans_batches: int = 8  # batches whose latents initialise the codebook (0: random init)
@@ -69,6 +73,9 @@ class VQTrainConfig:
     resume: bool = False
     min_pixels: int | None = None  # the image processor's limits written with the model
     max_pixels: int | None = None
+    # compile the train step (False: eager, no compilation, for short runs and debugging; its numbers
+    # differ from the compiled step's by float rounding, so resume a run with the setting it ran with)
+    jit: bool = True
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "image_size"):
@@ -194,14 +201,19 @@ def resolve_config(spec: str):
 
 def initial_state(config, seed: int) -> dict[str, np.ndarray]:
     """Fresh weights for every original key: convolutions normal(0, 1/fan_in), biases 0, norm
-    scales 1, BatchNorm statistics (0, 1), codebook small (k-means replaces it)."""
+    scales 1, BatchNorm statistics (0, 1), codebook small (k-means replaces it). The bias of
+    each SpatialNorm's scale (`conv_y`) is 1, so that its modulation starts as the identity:
+    at 0 it would scale the decoder's features by the small initial latents, nearly to nothing
+    (measured: reconstruction barely moved in 30 steps on one batch)."""
     from emu3_vq.tiny import original_key_shapes
 
     rng = np.random.default_rng(seed)
     state = {}
     for name, shape in original_key_shapes(config).items():
         leaf = name.rsplit(".", 1)[-1]
-        if leaf == "num_batches_tracked":
+        if leaf == "bias" and name.endswith("conv_y.bias"):
+            state[name] = np.ones(shape, np.float32)
+        elif leaf == "num_batches_tracked":
             state[name] = np.array(0, np.int64)
         elif leaf in ("running_mean", "bias"):
             state[name] = np.zeros(shape, np.float32)
@@ -216,16 +228,40 @@ def initial_state(config, seed: int) -> dict[str, np.ndarray]:
 
 
 def kmeans(points: np.ndarray, k: int, seed: int, iterations: int = 10) -> np.ndarray:
-    """Lloyd's k-means of `points` [N, C] from k distinct random points; an empty cluster takes
-    the point farthest from its centroid."""
+    """Lloyd's k-means of `points` [N, C]: k distinct float32 centroids [k, C].
+
+    Seeded with k-means++ over the distinct points (a function of `seed`); an empty cluster
+    takes the point farthest from its centroid. With k or fewer distinct points (a few flat
+    colours give many equal latents) the centroids are those points, then copies of them with
+    small noise (1e-3 of their spread): still k distinct vectors.
+    """
     rng = np.random.default_rng(seed)
-    points = points.astype(np.float64)
-    if len(points) < k:  # too few latents: repeat them with a little noise
-        reps = int(math.ceil(k / len(points)))
-        points = np.concatenate([points + 1e-3 * rng.standard_normal(points.shape) for _ in range(reps)])
-    centres = points[rng.choice(len(points), k, replace=False)].copy()
+    points = np.asarray(points, np.float64)
+    if points.ndim != 2 or not len(points):
+        raise ValueError(f"kmeans needs points [N, C] with N >= 1, got shape {points.shape}")
+    if k < 1:
+        raise ValueError(f"kmeans needs k >= 1, got {k}")
+    unique = np.unique(points, axis=0)
+    if len(unique) <= k:  # too few distinct latents: each is a centroid, then noisy copies of them
+        scale = 1e-3 * max(float(points.std()), 1e-3)
+        copies = [unique + scale * rng.standard_normal(unique.shape) for _ in range(-(-k // len(unique)) - 1)]
+        return np.concatenate([unique, *copies])[:k].astype(np.float32)
+    sq = (points ** 2).sum(1)
+
+    def distances(centres):
+        return np.maximum(sq[:, None] + (centres ** 2).sum(1) - 2 * points @ centres.T, 0.0)
+
+    # k-means++: each next centre drawn with probability proportional to the squared distance
+    centres = np.empty((k, points.shape[1]))
+    centres[0] = unique[rng.integers(len(unique))]
+    nearest = distances(centres[:1])[:, 0]
+    for j in range(1, k):
+        total = nearest.sum()
+        i = int(rng.choice(len(points), p=nearest / total)) if total > 0 else int(rng.integers(len(points)))
+        centres[j] = points[i]
+        nearest = np.minimum(nearest, distances(centres[j:j + 1])[:, 0])
     for _ in range(iterations):
-        d = (points ** 2).sum(1, keepdims=True) + (centres ** 2).sum(1) - 2 * points @ centres.T
+        d = distances(centres)
         assign = d.argmin(1)
         best = d[np.arange(len(points)), assign]
         for j in range(k):
@@ -235,7 +271,16 @@ def kmeans(points: np.ndarray, k: int, seed: int, iterations: int = 10) -> np.nd
             else:
                 far = int(best.argmax())
                 centres[j], best[far] = points[far], 0.0
-    return centres.astype(np.float32)
+    out = centres.astype(np.float32)
+    # means of different clusters may still coincide (or round to one float32): replace each
+    # repeat by the distinct points farthest from every kept centre
+    _, first = np.unique(out, axis=0, return_index=True)
+    if len(first) < k:
+        repeat = np.setdiff1d(np.arange(k), first)
+        kept = out[first].astype(np.float64)
+        gap = ((unique ** 2).sum(1)[:, None] + (kept ** 2).sum(1) - 2 * unique @ kept.T).min(1)
+        out[repeat] = unique[np.argsort(-gap, kind="stable")[:len(repeat)]].astype(np.float32)
+    return out
 
 
 def perplexity(codes: np.ndarray, k: int) -> float:
@@ -254,8 +299,8 @@ class VQTrainer:
         from emu3_vq.model import Emu3VQModel
         from emu3_vq.weights import load_into
 
-        from .optim import AdamW
-        from .vq_loss import VQLoss
+        from .optim import AdamW, clip_by_global_norm
+        from .vq_loss import CodebookEMA, VQLoss
 
         self.ms = ms
         self.config = config
@@ -263,28 +308,27 @@ class VQTrainer:
         load_into(self.model, state.items(), what="initial vision tokenizer")
         self.model.set_train(False)  # BatchNorm on its running statistics; dropout off
         self.loss = VQLoss(self.model, config.beta)
-        params = list(self.model.trainable_params())
+        self.codebook = self.model.quantize.embedding.weight
+        self.ema = ema = CodebookEMA(self.codebook)
+        params = [p for p in self.model.trainable_params() if p is not self.codebook]
         decay = [p for p in params if len(p.shape) > 1 and "embedding" not in p.name]
         rest = [p for p in params if not (len(p.shape) > 1 and "embedding" not in p.name)]
         self.optimizer = AdamW([{"params": decay, "weight_decay": 0.0}, {"params": rest, "weight_decay": 0.0}],
                                betas=(0.9, 0.99), eps=1e-8)
-        self.codebook = self.model.quantize.embedding.weight
         grad_fn = ms.value_and_grad(self.loss, None, self.optimizer.params, has_aux=True)
         optimizer = self.optimizer
 
         def train_step(images, clips, lr):
             (loss, aux), grads = grad_fn(images, clips)
+            grads, _ = clip_by_global_norm(grads, 1.0)
             optimizer(grads, lr)
+            ema(aux[4], aux[5])
             return loss, aux
 
-        loss_cell = self.loss
-
-        def latents(images, clips):
-            return loss_cell(images, clips)[1][5]
-
-        self._step = ms.jit(train_step)
-        self._latents = ms.jit(latents)
-        self.usage = np.zeros(model_config.codebook_size, np.int64)
+        self._step = ms.jit(train_step) if config.jit else train_step
+        self._latents = self.loss.latents  # eager: used for a few batches once, no compilation
+        self.usage = np.zeros(model_config.codebook_size, np.int64)  # choices since the last restart
+        self._last_latents = None
 
     def tensor(self, array):
         return None if array is None else self.ms.Tensor(array)
@@ -295,8 +339,15 @@ class VQTrainer:
         latents = np.concatenate([self._latents(self.tensor(b), self.tensor(c)).asnumpy() for b, c in batches])
         self.set_codebook(kmeans(latents, k, self.config.seed))
 
-    def set_codebook(self, values: np.ndarray) -> None:
-        self.ms.ops.assign(self.codebook, self.ms.Tensor(values.astype(np.float32)))
+    def set_codebook(self, values: np.ndarray, reset=None) -> None:
+        """Set the codes (and their moving averages, as if each had been seen `counts` times);
+        the codes in `reset` (all when None) start afresh with a count of 1."""
+        counts = self.ema.counts.asnumpy().copy()
+        counts[slice(None) if reset is None else reset] = 1.0
+        values = values.astype(np.float32)
+        self.ms.ops.assign(self.codebook, self.ms.Tensor(values))
+        self.ms.ops.assign(self.ema.counts, self.ms.Tensor(counts))
+        self.ms.ops.assign(self.ema.sums, self.ms.Tensor(values * counts[:, None]))
 
     def step(self, images, clips, lr: float) -> dict:
         loss, aux = self._step(self.tensor(images), self.tensor(clips), self.ms.Tensor(lr, self.ms.float32))
@@ -312,27 +363,40 @@ class VQTrainer:
         """Move each code unused since the last restart onto a latent of the last batch."""
         dead = np.flatnonzero(self.usage == 0)
         self.usage[:] = 0
-        if not len(dead):
+        if not len(dead) or self._last_latents is None:
             return 0
         latents = self._last_latents.asnumpy()
         values = self.codebook.asnumpy().copy()
         picks = latents[rng.integers(0, len(latents), len(dead))]
         values[dead] = picks + 1e-3 * rng.standard_normal(picks.shape).astype(np.float32)
-        self.set_codebook(values)
+        self.set_codebook(values, reset=dead)
         return int(len(dead))
 
     def optimizer_state(self) -> dict[str, np.ndarray]:
         state = {p.name: p.asnumpy() for p in list(self.optimizer.exp_avg) + list(self.optimizer.exp_avg_sq)}
         state["adamw.steps"] = self.optimizer.steps.asnumpy()
         state["codebook_usage"] = self.usage.copy()
+        state["ema.counts"] = self.ema.counts.asnumpy()
+        state["ema.sums"] = self.ema.sums.asnumpy()
         return state
 
     def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
-        for p in list(self.optimizer.exp_avg) + list(self.optimizer.exp_avg_sq) + [self.optimizer.steps]:
+        """What `optimizer_state` returned: AdamW moments and step count, the codebook usage."""
+        wanted = (list(self.optimizer.exp_avg) + list(self.optimizer.exp_avg_sq)
+                  + [self.optimizer.steps, self.ema.counts, self.ema.sums])
+        for p in wanted:
             if p.name not in state:
-                raise ValueError(f"optimizer state lacks {p.name}")
+                raise ValueError(f"the optimizer state lacks {p.name}; not a checkpoint of this model")
+            if tuple(state[p.name].shape) != tuple(p.shape):
+                raise ValueError(f"the optimizer state's {p.name} has shape {tuple(state[p.name].shape)}, "
+                                 f"the model's {tuple(p.shape)}")
+        usage = state.get("codebook_usage")
+        if usage is None or usage.shape != self.usage.shape:
+            raise ValueError(f"the optimizer state's codebook_usage is missing or not [{len(self.usage)}]; "
+                             "not a checkpoint of this model")
+        for p in wanted:
             self.ms.ops.assign(p, self.ms.Tensor(state[p.name]))
-        self.usage[:] = state["codebook_usage"]
+        self.usage[:] = usage
 
 
 # ---- the run ----------------------------------------------------------------------------
@@ -345,7 +409,17 @@ def lr_at(step: int, config: VQTrainConfig) -> float:
 
 
 def _settings(config: VQTrainConfig) -> dict:
-    return {k: getattr(config, k) for k in _RUN_KEYS}
+    """The settings a resume must share; directories as absolute paths (a run resumed from
+    another working directory is the same run), the model config as given when it is a preset."""
+    return {k: _canonical(k, getattr(config, k)) for k in _RUN_KEYS}
+
+
+def _canonical(key: str, value):
+    from emu3_vq.config import PRESETS
+
+    if key in ("images", "videos", "config") and value is not None and not (key == "config" and value in PRESETS):
+        return str(Path(value).resolve())
+    return value
 
 
 def _write_model_dir(trainer: VQTrainer, model_config, config: VQTrainConfig, directory: Path) -> None:
@@ -370,37 +444,53 @@ def _save(trainer, model_config, config: VQTrainConfig, target: Path, step: int,
 
 
 def _cut_metrics(path: Path, last_step: int) -> None:
+    """Keep the lines of steps <= last_step (a run killed after its last checkpoint logged more);
+    a torn last line (killed while writing it) is dropped too. Replaced in one rename."""
     if not path.is_file():
         return
-    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line)["step"] <= last_step]
-    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if step <= last_step:
+            keep.append(line)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def train_vq(config: VQTrainConfig, progress: bool = True) -> dict:
-    """Run `emu3 train vq`; returns the last step's metrics with `final` (the model directory)."""
+    """Run `emu3 train vq`; returns the last step's metrics with `final` (the model directory)
+    and `codebook_size`. Every check (options, data, a resume's settings) comes before the model
+    is built; errors are ValueError / FileNotFoundError with one line naming the flag."""
 
     config.validate()
     out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a directory")
     model_config = resolve_config(config.config)
     f = model_config.spatial_factor
     if config.image_size % f:
-        raise ValueError(f"--image-size {config.image_size} must be a multiple of the spatial factor {f}")
+        raise ValueError(f"--image-size {config.image_size} must be a multiple of the spatial factor {f} "
+                         f"of --config {config.config}")
     files = image_files(config.images)
-    sources = video_sources(config.videos) if config.videos else []
+    sources = video_sources(config.videos) if config.videos and config.clip_batch_size else []
     start, resume_from = 0, None
     if config.resume:
         resume_from = latest_checkpoint(out)
-        if resume_from is None:
-            raise ValueError(f"--resume: no checkpoint-STEP directory in {out}")
-        saved = read_state(resume_from)
-        for key, value in _settings(config).items():
-            if saved["settings"].get(key) != value:
-                raise ValueError(f"--resume: {key} is {value!r} but the run in {out} used "
-                                 f"{saved['settings'].get(key)!r}")
-        start = int(saved["step"])
-    elif out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out} already holds files; pass --resume to continue that run, or another --out")
+    if resume_from is not None:
+        saved = read_state(resume_from).get("settings", {})
+        ours = _settings(config)
+        for key, value in ours.items():
+            if _canonical(key, saved.get(key)) != value:
+                raise ValueError(f"--resume: --{key.replace('_', '-')} is {value!r} but the run in {out} used "
+                                 f"{saved.get(key)!r}")
+        start = int(read_state(resume_from)["step"])
+    elif not config.resume and out.is_dir() and any(out.iterdir()):
+        raise ValueError(f"--out {out} already holds files; pass --resume to continue that run, or choose "
+                         "another directory")
 
     t_factor = model_config.temporal_downsample_factor
     images = load_images(files, config.image_size, progress)
@@ -415,11 +505,13 @@ def train_vq(config: VQTrainConfig, progress: bool = True) -> dict:
     trainer = VQTrainer(model_config, state, config)
     if resume_from is not None:
         trainer.load_optimizer_state(read_optimizer_state(resume_from))
-        _cut_metrics(out / METRICS, start)
     elif config.kmeans_batches:
         trainer.init_codebook([step_batch(images, videos, config, i, t_factor, stream=1)
                                for i in range(config.kmeans_batches)])
     out.mkdir(parents=True, exist_ok=True)
+    # a resumed run drops what its run logged after the checkpoint; --resume with no checkpoint
+    # yet (killed before the first) starts afresh, as `emu3 train sft` does
+    _cut_metrics(out / METRICS, start)
 
     last: dict = {}
     with open(out / METRICS, "a", encoding="utf-8") as metrics:
@@ -441,4 +533,4 @@ def train_vq(config: VQTrainConfig, progress: bool = True) -> dict:
             if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < config.steps:
                 _save(trainer, model_config, config, out / checkpoint_name(step + 1), step + 1, last)
     final = _save(trainer, model_config, config, out / FINAL, config.steps, last)
-    return {**last, "final": str(final)}
+    return {**last, "final": str(final), "codebook_size": model_config.codebook_size}

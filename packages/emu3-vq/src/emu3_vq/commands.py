@@ -125,9 +125,9 @@ class _Tokenizer:
         if model is None:
             if revision is not None:
                 raise UserError("--revision needs --model naming a hub repo id (org/name)")
-            from .tiny import default_model_dir
+            from .defaults import vq_dir
 
-            model = default_model_dir()
+            model = vq_dir(quiet=False)
         self.name = str(model)
         self.local = Path(model).is_dir()
         self.hub = {} if revision is None else {"revision": revision}
