@@ -243,9 +243,10 @@ def bench(session: nox.Session) -> None:
 @nox.session
 @_pruned
 def demo(session: nox.Session) -> None:
-    """The main job on a fresh machine: install the packages and generate an image."""
+    """The main job on a fresh machine: install the packages and generate an image with the
+    default model (emu3-shapes)."""
     session.install(*[str(PACKAGES_DIR / name) for name in PACKAGES])
     out = os.environ.get("EMU3_DEMO_OUT", str(ROOT / "demo-out"))
     os.makedirs(out, exist_ok=True)
-    session.run("emu3", "generate", "image", "a red circle", "--ratio", "1:1",
+    session.run("emu3", "generate", "image", "a red circle on a blue background", "--seed", "0",
                 "--out", os.path.join(out, "image.png"), env=_env(session))

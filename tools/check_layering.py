@@ -8,7 +8,9 @@ executed) and the dependencies of its pyproject.toml:
   import mindone, if it declares it;
 - every third-party module imported is declared: a module-level import by a runtime
   dependency, an import inside a function (a lazy one) by a runtime dependency or an extra;
-- every declared dependency, runtime or extra, is imported somewhere in src/;
+- every declared dependency, runtime or extra, is imported somewhere in src/, except a sibling
+  that holds data only: one that registers an `emu3.models` entry point (the default model,
+  found through package metadata by `emu3_vq.defaults`, never imported);
 - an extra installs something new: a distribution that the package or the siblings it
   requires already install is not an extra (`pip install 'emu3-lm[hub]'` must not be a step a
   user takes for nothing).
@@ -101,6 +103,17 @@ def installed_with(name: str, dirs: dict[str, pathlib.Path]) -> dict[str, str]:
     return out
 
 
+def data_packages(dirs: dict[str, pathlib.Path]) -> set[str]:
+    """Siblings that register an `emu3.models` entry point: data, depended on but not imported."""
+    out = set()
+    for name, pkg_dir in dirs.items():
+        with open(pkg_dir / "pyproject.toml", "rb") as f:
+            project = tomllib.load(f)["project"]
+        if "emu3.models" in project.get("entry-points", {}):
+            out.add(normalize(name))
+    return out
+
+
 def check_package(module: str, pkg_dir: pathlib.Path, siblings: set[str],
                   dirs: dict[str, pathlib.Path]) -> list[str]:
     runtime, extras = declared(pkg_dir / "pyproject.toml")
@@ -128,7 +141,7 @@ def check_package(module: str, pkg_dir: pathlib.Path, siblings: set[str],
                 problems.append(f"{where}: {module} imports {top}, but {pkg_dir.name} does not declare "
                                 f"{dist} (a dependency, or an extra for an import inside a function)")
     pyproject = (pkg_dir / "pyproject.toml").relative_to(ROOT)
-    for dist in sorted(runtime - used):
+    for dist in sorted(runtime - used - data_packages(dirs)):
         problems.append(f"{pyproject}: {pkg_dir.name} declares {dist}, "
                         f"but no module of its src/ imports it")
     for dist, extra in sorted(in_extras.items()):

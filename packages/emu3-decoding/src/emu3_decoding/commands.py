@@ -96,7 +96,8 @@ def register(subparsers) -> None:
     img.add_argument("--cfg", type=arg_type(_guidance_scale), default=None, metavar="SCALE",
                      help=f"classifier-free guidance scale; 1 turns it off ({_default('guidance_scale', 3.0)})")
     img.add_argument("--negative", default=None, metavar="TEXT",
-                     help="negative prompt for guidance (default: the original Emu3 one)")
+                     help="negative prompt for guidance (default: the model's generation_config.json, else "
+                          "the original Emu3 one)")
     img.add_argument("--unbatched-cfg", action="store_true",
                      help="run the guidance branch as a second forward over its own cache (the original "
                           "way) instead of in the same batch")

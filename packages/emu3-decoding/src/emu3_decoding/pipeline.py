@@ -18,8 +18,11 @@ work this way.
 
 Defaults. Where the LM checkpoint has a generation_config.json, the keys it holds (transformers'
 names) are the defaults: `guidance_scale` (images), `top_k`, `top_p`, `temperature` (images,
-videos, sampled answers), `max_new_tokens` and `do_sample` (answers: greedy unless it is true).
-Keys it lacks keep the original recipes' values (images: cfg 3.0, top-k 2048; answers: greedy,
+videos, sampled answers), `max_new_tokens` and `do_sample` (answers: greedy unless it is true),
+and two of ours for images, `negative_prompt` and `positive_prompt_suffix` (a model trained on
+other captions than Emu3-Gen's has no use for its quality words; the default model sets both
+to ""). Keys it lacks keep the original recipes' values (images: cfg 3.0, top-k 2048, Emu3-Gen's
+negative prompt and " masterpiece, film grained, best quality." suffix; answers: greedy,
 1024 tokens; videos: no guidance, top-k 2048); arguments given to a call win over both.
 
 Seeds. A call without `seed` draws one (`draw_seed`) and reports it on its output; with a seed
@@ -44,7 +47,8 @@ from .sampling import Sampling, check_seed, check_temperature, check_top_k, chec
 GENERATION_CONFIG = "generation_config.json"
 SEED_RANGE = 2 ** 31  # drawn seeds are below this: short to print and to type back
 
-IMAGE_DEFAULTS = {"cfg_scale": 3.0, "top_k": 2048, "top_p": 1.0, "temperature": 1.0}
+IMAGE_DEFAULTS = {"cfg_scale": 3.0, "top_k": 2048, "top_p": 1.0, "temperature": 1.0,
+                  "negative_prompt": NEGATIVE_PROMPT, "positive_suffix": POSITIVE_PROMPT}
 VIDEO_DEFAULTS = {"cfg_scale": 1.0, "top_k": 2048, "top_p": 1.0, "temperature": 1.0}
 ANSWER_DEFAULTS = {"max_new_tokens": 1024, "do_sample": False, "top_k": 0, "top_p": 1.0, "temperature": 1.0}
 
@@ -64,8 +68,16 @@ def _flag(value, name: str) -> bool:
 
 
 # key -> its check, by the rules the calls apply to the same values
+def _text(value, name: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {value!r}")
+    return value
+
+
 _GENERATION_KEYS: dict[str, Callable] = {
     "guidance_scale": check_scale,
+    "negative_prompt": _text,
+    "positive_prompt_suffix": _text,
     "top_k": check_top_k,
     "top_p": check_top_p,
     "temperature": check_temperature,
@@ -76,7 +88,8 @@ _GENERATION_KEYS: dict[str, Callable] = {
 
 def read_generation_config(path: str | os.PathLike) -> dict:
     """The keys of a generation_config.json that set the pipeline's defaults (guidance_scale,
-    top_k, top_p, temperature, max_new_tokens, do_sample), checked; others are ignored, and so
+    negative_prompt, positive_prompt_suffix, top_k, top_p, temperature, max_new_tokens,
+    do_sample), checked; others are ignored, and so
     is a null value. ValueError naming the file and the key."""
     from emu3_vq.config import read_json
 
@@ -347,7 +360,7 @@ class Emu3Pipeline:
     def check_image(self, prompt, ratio: str = "1:1", image_area: int | None = None, cfg_scale: float | None = None,
                     negative_prompt: str | None = None, num_images: int = 1, top_k: int | None = None, *,
                     top_p: float | None = None, temperature: float | None = None, batched_cfg: bool = True,
-                    positive_suffix: str = POSITIVE_PROMPT) -> tuple[list[str], ImageSettings]:
+                    positive_suffix: str | None = None) -> tuple[list[str], ImageSettings]:
         """(prompts, settings) of an image request, defaults resolved and every value checked,
         the size against the model's context too; needs no weights."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -360,7 +373,8 @@ class Emu3Pipeline:
         cfg_scale = check_scale(self._default(cfg_scale, "cfg_scale", IMAGE_DEFAULTS, "guidance_scale"))
         sampling = Sampling(self._default(temperature, "temperature", IMAGE_DEFAULTS),
                             self._default(top_k, "top_k", IMAGE_DEFAULTS), self._default(top_p, "top_p", IMAGE_DEFAULTS))
-        negative_prompt = NEGATIVE_PROMPT if negative_prompt is None else negative_prompt
+        negative_prompt = self._default(negative_prompt, "negative_prompt", IMAGE_DEFAULTS)
+        positive_suffix = self._default(positive_suffix, "positive_suffix", IMAGE_DEFAULTS, "positive_prompt_suffix")
         if not isinstance(negative_prompt, str) or not isinstance(positive_suffix, str):
             raise ValueError("negative_prompt and positive_suffix must be strings")
         area = self.config.image_area if image_area is None else image_area
@@ -374,7 +388,7 @@ class Emu3Pipeline:
                  negative_prompt: str | None = None, num_images: int = 1, seed: int | None = None,
                  top_k: int | None = None, progress: Callable[[Progress], None] | None = None, *,
                  top_p: float | None = None, temperature: float | None = None, batched_cfg: bool = True,
-                 positive_suffix: str = POSITIVE_PROMPT) -> ImageOutput:
+                 positive_suffix: str | None = None) -> ImageOutput:
         """Generate `num_images` images per prompt (a string or a list); returns an `ImageOutput`.
 
         Arguments as `image.generate_image`'s; None takes the checkpoint's generation_config.json

@@ -338,12 +338,18 @@ class Emu3ForCausalLM(nn.Cell):
 
     # ---- checkpoints (checkpoint.py) -----------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path, dtype=None, *, revision=None, cache_dir=None,
+    def from_pretrained(cls, path=None, dtype=None, *, revision=None, cache_dir=None,
                         local_files_only: bool = False) -> Emu3ForCausalLM:
         """Load a checkpoint (original or -hf layout) from a local directory or a hub repo id (only
         config.json and the LM's shards are fetched; see emu3_vq.hub); strict about keys and shapes.
+        None: the default model (`emu3_vq.defaults`; NoDefaultModel when none is installed).
         dtype: "fp32" | "fp16" | "bf16" or a MindSpore dtype; default `emu3_vq.device.policy().dtype`."""
         from .checkpoint import load_pretrained
+
+        if path is None:
+            from emu3_vq.defaults import lm_dir
+
+            path = lm_dir()
 
         return load_pretrained(cls, path, dtype, revision=revision, cache_dir=cache_dir,
                                local_files_only=local_files_only)

@@ -135,14 +135,24 @@ class Emu3Processor:
         self._system_ids = tokenizer.encode(SYSTEM_PROMPT)
 
     @classmethod
-    def from_pretrained(cls, tokenizer_dir, vq_dir=None, image_area: int | None = None, *, revision=None,
+    def from_pretrained(cls, tokenizer_dir=None, vq_dir=None, image_area: int | None = None, *, revision=None,
                         cache_dir=None, local_files_only: bool = False, **vq_kwargs) -> "Emu3Processor":
         """Tokenizer from `tokenizer_dir` (an LM checkpoint); image processor and VQ model from
         `vq_dir` (a vision tokenizer or combined -hf checkpoint) when given. Each is a local
         directory or a hub repo id (`revision`, `cache_dir`, `local_files_only`: see emu3_vq.hub).
+        Neither given: the default model's LM and vision tokenizer (`emu3_vq.defaults`).
         `image_area` defaults to the LM config.json's ``image_area`` (else 518400);
         `vq_kwargs` go to ``Emu3VQModel.from_pretrained`` (e.g. ``jit=False``)."""
         from emu3_vq import hub as hub_files
+
+        if tokenizer_dir is None:
+            if vq_dir is not None:
+                raise ValueError("vq_dir needs tokenizer_dir: the default tokenizer only fits the default "
+                                 "vision tokenizer")
+            from emu3_vq.defaults import model_dirs
+
+            dirs = model_dirs()
+            tokenizer_dir, vq_dir = dirs["lm"], dirs["vq"]
 
         hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
         tokenizer = Emu3Tokenizer.from_pretrained(tokenizer_dir, **hub)

@@ -325,12 +325,18 @@ class Emu3Tokenizer:
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, format: str | None = None, *, revision=None,
+    def from_pretrained(cls, path: str | os.PathLike | None = None, format: str | None = None, *, revision=None,
                         cache_dir=None, local_files_only: bool = False) -> "Emu3Tokenizer":
         """Load from a directory holding one of the three formats (detected unless `format`
         names one of ``"tiktoken"``, ``"tokenizer.json"``, ``"sentencepiece"``), or from a hub
-        repo id (only the tokenizer's files are fetched; see emu3_vq.hub)."""
+        repo id (only the tokenizer's files are fetched; see emu3_vq.hub); None: the default
+        model's (`emu3_vq.defaults`)."""
         from emu3_vq import hub
+
+        if path is None:
+            from emu3_vq.defaults import lm_dir
+
+            path = lm_dir()
 
         if hub.is_repo_id(path):
             files = [TIKTOKEN_FILE, VISION_TOKENS_FILE, TOKENIZER_JSON, SENTENCEPIECE_FILE, CONFIG_FILE,

@@ -68,7 +68,9 @@ def register(subparsers) -> None:
 
 
 def _prepare_options(p, default_area: int, what: str = "images") -> None:
-    p.add_argument("--vq", required=True, metavar="VQ_DIR", help="vision tokenizer checkpoint directory")
+    p.add_argument("--vq", metavar="VQ_DIR|ORG/NAME",
+                   help="vision tokenizer checkpoint: a directory or a hub repo id (default: the default "
+                        "model's, emu3-shapes)")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="output directory: DIR/feature/*.ckpt and DIR/list/train.json")
     p.add_argument("--image-area", type=int, default=default_area, metavar="N",
@@ -101,11 +103,20 @@ def _report(result) -> None:
     print(result.list_path)
 
 
+def _vq(args):
+    """--vq, or the default model's vision tokenizer (with a note)."""
+    if args.vq is not None:
+        return args.vq
+    from emu3_vq.defaults import vq_dir
+
+    return str(vq_dir(quiet=False))
+
+
 def run_prepare_t2i(args) -> None:
     from .prepare import prepare_t2i
 
     apply_runtime(args)
-    _report(prepare_t2i(args.captions, args.vq, args.out, image_area=args.image_area, skip_bad=args.skip_bad,
+    _report(prepare_t2i(args.captions, _vq(args), args.out, image_area=args.image_area, skip_bad=args.skip_bad,
                         jit=_jit(args.jit), overwrite=args.overwrite, dtype=args.dtype))
 
 
@@ -113,7 +124,7 @@ def run_prepare_vqa(args) -> None:
     from .prepare import prepare_vqa
 
     apply_runtime(args)
-    _report(prepare_vqa(args.conversations, args.image_root, args.vq, args.out, image_area=args.image_area,
+    _report(prepare_vqa(args.conversations, args.image_root, _vq(args), args.out, image_area=args.image_area,
                         skip_bad=args.skip_bad, jit=_jit(args.jit), overwrite=args.overwrite, dtype=args.dtype))
 
 
@@ -121,7 +132,7 @@ def run_prepare_video(args) -> None:
     from .prepare import prepare_video
 
     apply_runtime(args)
-    _report(prepare_video(args.videos, args.vq, args.out, image_area=args.image_area, frames=args.frames,
+    _report(prepare_video(args.videos, _vq(args), args.out, image_area=args.image_area, frames=args.frames,
                           skip_bad=args.skip_bad, jit=_jit(args.jit), overwrite=args.overwrite, dtype=args.dtype))
 
 
@@ -140,7 +151,8 @@ def _add_sft(sub) -> None:
     p.add_argument("--data", required=True, action="append", metavar="SPEC",
                    help="DIR/list/train.json of a prepared data set, optionally with ,task=t2i|vqa|video and "
                         ",weight=W (default 1); repeat for a mixture, sampled in proportion to the weights")
-    p.add_argument("--model", required=True, metavar="DIR", help="LM checkpoint directory to start from")
+    p.add_argument("--model", metavar="DIR",
+                   help="LM checkpoint directory to start from (default: the default model, emu3-shapes)")
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: --model)")
     p.add_argument("--task", choices=("t2i", "vqa", "video"), default=None,
                    help="task of data whose --data spec and list file name none (prepare-* record theirs)")
@@ -185,6 +197,10 @@ def _add_sft(sub) -> None:
 def _run_sft(args) -> None:
     from . import launch, parallel, trainer
 
+    if args.model is None:
+        from emu3_vq.defaults import lm_dir
+
+        args.model = str(lm_dir(quiet=parallel.launched_by_msrun()))
     config = trainer.SftConfig(
         data=args.data, model=args.model, tokenizer=args.tokenizer, task=args.task, out=args.out,
         steps=args.steps, batch_size=args.batch_size, max_length=args.max_length, lr=args.lr,
@@ -253,6 +269,9 @@ def _add_vq(sub) -> None:
     p.add_argument("--config", default=d.config, metavar="PRESET|FILE|DIR",
                    help=f"the architecture: a preset ({', '.join(sorted(PRESETS))}), a config.json, or a "
                         f"checkpoint directory holding one (its weights are not used) (default: {d.config})")
+    p.add_argument("--init", default=None, metavar="VQ_DIR",
+                   help="start from this vision tokenizer's weights and architecture (--config is then not "
+                        "used; no k-means initialisation): train an existing tokenizer further")
     p.add_argument("--image-size", type=int, default=d.image_size, metavar="N",
                    help="images and frames are resized to N x N; a multiple of the spatial factor "
                         f"(default {d.image_size})")
@@ -288,7 +307,8 @@ def _run_vq(args) -> None:
     from .vq_train import VQTrainConfig, train_vq
 
     config = VQTrainConfig(
-        images=args.images, out=args.out, videos=args.videos, config=args.config, image_size=args.image_size,
+        images=args.images, out=args.out, videos=args.videos, config=args.config, init=args.init,
+        image_size=args.image_size,
         steps=args.steps, batch_size=args.batch_size, clip_batch_size=args.clip_batch_size, lr=args.lr,
         min_lr=args.min_lr, warmup_steps=args.warmup_steps, beta=args.beta, restart_every=args.restart_every,
         kmeans_batches=args.kmeans_batches, seed=args.seed, save_every=args.save_every, resume=args.resume)

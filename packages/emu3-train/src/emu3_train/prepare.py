@@ -374,18 +374,23 @@ def _run(records: list[Record], problems: list[tuple[int, str]], vq_dir, out_dir
     dataset.remove_list(list_file)
     features.mkdir(parents=True, exist_ok=True)
     files = []
+    encoded: dict[Path, np.ndarray] = {}  # an image several records share (VQA) is encoded once
     for record in tqdm(good, desc=f"prepare-{task}", unit="video" if video else "image", disable=not progress):
-        try:  # what reading the whole file finds: a cut image, frames of different sizes
-            pixels = (_video_pixels(record, processor, image_area, frames) if video
-                      else _image_pixels(record, processor, image_area))
-        except (ValueError, OSError) as exc:
-            message = f"{record.where}: {exc}"
-            if not skip_bad:
-                raise UserError(f"{message}; fix the input or pass skip_bad (--skip-bad) to skip bad records") from None
-            problems.append((record.order, message))
-            continue
-        codes = model.encode(pixels)
-        codes = np.asarray(codes.asnumpy() if hasattr(codes, "asnumpy") else codes)[0]  # [h, w] or [t, h, w]
+        codes = encoded.get(record.image)
+        if codes is None:
+            try:  # what reading the whole file finds: a cut image, frames of different sizes
+                pixels = (_video_pixels(record, processor, image_area, frames) if video
+                          else _image_pixels(record, processor, image_area))
+            except (ValueError, OSError) as exc:
+                message = f"{record.where}: {exc}"
+                if not skip_bad:
+                    raise UserError(f"{message}; fix the input or pass skip_bad (--skip-bad) to skip bad "
+                                    f"records") from None
+                problems.append((record.order, message))
+                continue
+            codes = model.encode(pixels)
+            codes = np.asarray(codes.asnumpy() if hasattr(codes, "asnumpy") else codes)[0]  # [h, w] or [t, h, w]
+            encoded[record.image] = codes
         name = f"{record.stem}{dataset.SUFFIX}"
         dataset.write_sample(features / name, record.name, codes, record.text, record.response)
         files.append(name)

@@ -46,7 +46,7 @@ from .checkpoints import (
 METRICS = "metrics.jsonl"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 # the settings a resumed run must share with the run it continues
-_RUN_KEYS = ("images", "videos", "config", "image_size", "batch_size", "clip_batch_size", "lr", "min_lr",
+_RUN_KEYS = ("images", "videos", "config", "init", "image_size", "batch_size", "clip_batch_size", "lr", "min_lr",
              "warmup_steps", "beta", "restart_every", "seed", "steps")
 
 
@@ -58,6 +58,7 @@ class VQTrainConfig:
     out: str
     videos: str | None = None  # a directory of videos (frame folders, GIF or MP4), for 4-frame clips
     config: str = "shapes"  # an Emu3VQConfig preset, a config.json, or a checkpoint directory
+    init: str | None = None  # a vision-tokenizer checkpoint to start from (its weights and architecture)
     image_size: int = 32  # images (and frames) are resized to image_size x image_size
     steps: int = 400
     batch_size: int = 12  # images a step
@@ -225,6 +226,14 @@ def initial_state(config, seed: int) -> dict[str, np.ndarray]:
             fan_in = int(np.prod(shape[1:]))
             state[name] = (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
     return state
+
+
+def _checkpoint_state(directory) -> dict[str, np.ndarray]:
+    """The weights of a vision-tokenizer checkpoint (either layout), by original key."""
+    from emu3_vq.model import Emu3VQModel
+    from emu3_vq.weights import state_dict_numpy
+
+    return state_dict_numpy(Emu3VQModel.from_pretrained(directory, jit=False))
 
 
 def kmeans(points: np.ndarray, k: int, seed: int, iterations: int = 10) -> np.ndarray:
@@ -417,7 +426,7 @@ def _settings(config: VQTrainConfig) -> dict:
 def _canonical(key: str, value):
     from emu3_vq.config import PRESETS
 
-    if key in ("images", "videos", "config") and value is not None and not (key == "config" and value in PRESETS):
+    if key in ("images", "videos", "config", "init") and value is not None and not (key == "config" and value in PRESETS):
         return str(Path(value).resolve())
     return value
 
@@ -470,7 +479,7 @@ def train_vq(config: VQTrainConfig, progress: bool = True) -> dict:
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a directory")
-    model_config = resolve_config(config.config)
+    model_config = resolve_config(config.init if config.init is not None else config.config)
     f = model_config.spatial_factor
     if config.image_size % f:
         raise ValueError(f"--image-size {config.image_size} must be a multiple of the spatial factor {f} "
@@ -500,12 +509,14 @@ def train_vq(config: VQTrainConfig, progress: bool = True) -> dict:
         from emu3_vq.weights import read_safetensors
 
         state = read_safetensors(resume_from / "model.safetensors")
+    elif config.init is not None:
+        state = _checkpoint_state(config.init)
     else:
         state = initial_state(model_config, config.seed)
     trainer = VQTrainer(model_config, state, config)
     if resume_from is not None:
         trainer.load_optimizer_state(read_optimizer_state(resume_from))
-    elif config.kmeans_batches:
+    elif config.kmeans_batches and config.init is None:
         trainer.init_codebook([step_batch(images, videos, config, i, t_factor, stream=1)
                                for i in range(config.kmeans_batches)])
     out.mkdir(parents=True, exist_ok=True)

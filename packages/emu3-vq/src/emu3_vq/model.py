@@ -644,12 +644,18 @@ class Emu3VQModel(nn.Cell):
         return frames.reshape((b, t) + tuple(frames.shape[1:]))
 
     @classmethod
-    def from_pretrained(cls, path, dtype=None, *, revision=None, cache_dir=None, local_files_only: bool = False,
+    def from_pretrained(cls, path=None, dtype=None, *, revision=None, cache_dir=None, local_files_only: bool = False,
                         **kwargs) -> Emu3VQModel:
         """Load a checkpoint, original or `-hf` layout (see checkpoint.py): a local directory or a
-        hub repo id (only config.json and the tokenizer's own shards are fetched; see emu3_vq.hub).
+        hub repo id (only config.json and the tokenizer's own shards are fetched; see emu3_vq.hub);
+        None: the default model's (`emu3_vq.defaults`).
         `dtype`: "fp32" | "fp16" | "bf16" or a MindSpore dtype."""
         from emu3_vq.checkpoint import from_pretrained
+
+        if path is None:
+            from .defaults import vq_dir
+
+            path = vq_dir(quiet=False)
 
         return from_pretrained(cls, path, dtype=dtype, revision=revision, cache_dir=cache_dir,
                                local_files_only=local_files_only, **kwargs)

@@ -190,11 +190,17 @@ class Emu3ImageProcessor:
         return {**self.extra, **d}
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, *, revision=None, cache_dir=None,
+    def from_pretrained(cls, path: str | os.PathLike | None = None, *, revision=None, cache_dir=None,
                         local_files_only: bool = False) -> "Emu3ImageProcessor":
         """Load from a checkpoint directory (its preprocessor_config.json), a JSON file, or a hub
-        repo id (only preprocessor_config.json is fetched; see emu3_vq.hub)."""
+        repo id (only preprocessor_config.json is fetched; see emu3_vq.hub); None: the default
+        model's (`emu3_vq.defaults`)."""
         from . import hub
+
+        if path is None:
+            from .defaults import vq_dir
+
+            path = vq_dir(quiet=False)
 
         if hub.is_repo_id(path):
             path = hub.resolve(path, [CONFIG_NAME], required=(CONFIG_NAME,), revision=revision, cache_dir=cache_dir,

@@ -1,0 +1,258 @@
+"""What the shapes model can do, measured from pixels and text on held-out data.
+
+    python tools/shapes/evaluate.py --data shapes-run/data --out shapes-run/eval [--figures docs/images]
+
+- text-to-image: one image per prompt "a {colour} {shape} on a {background} background" for
+  every combination (60), seeds 0..59; `measure.analyse` reads background, colour and shape back
+  from the pixels;
+- VQA: the four questions on held-out images (data/heldout/scenes.jsonl), greedy answers
+  compared with the truth;
+- video continuation: each held-out motion's first 4 frames and caption, 4 frames continued;
+  the shape must move on in its direction (`measure.track`).
+
+Without --model the installed default model (emu3-shapes) is measured. Writes OUT/eval.json
+and, with --figures, the pictures of docs/shapes.md. The same functions serve the integration
+tests (integration/test_default_model.py) on smaller samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from shapes import measure, world  # noqa: E402
+
+UPSCALE = 2  # generated 32x32 images are read at 64x64 (nearest), the size measure is tuned for
+
+
+def prompts() -> list[tuple[str, str, str]]:
+    """Every (colour, shape, background) of the world, shape colour != background."""
+    return [(c, s, b) for c, s, b in itertools.product(world.COLOURS, world.SHAPES, world.COLOURS) if c != b]
+
+
+def read(image: Image.Image) -> measure.Analysis:
+    """`measure.analyse` of a generated image, read at twice its size."""
+    return measure.analyse(image.resize((image.width * UPSCALE, image.height * UPSCALE), Image.NEAREST))
+
+
+def score_t2i(pipe, combos, seed: int = 0) -> tuple[dict, list]:
+    """Generate one image per (colour, shape, background) with seeds seed, seed+1, ...; the
+    fraction whose background, colour, shape (and all three) are read back as asked."""
+    rows = []
+    for i, (colour, shape, background) in enumerate(combos):
+        caption = world.Scene(shape, colour, background, 1.0, 0.0, 0.0).caption()
+        image = pipe(caption, seed=seed + i).images[0]
+        got = read(image)
+        rows.append({"prompt": caption, "image": image, "background": got.background, "colour": got.colour,
+                     "shape": got.shape, "background_fraction": got.background_fraction,
+                     "ok_background": got.background == background, "ok_colour": got.colour == colour,
+                     "ok_shape": got.shape == shape})
+    n = len(rows)
+    summary = {"n": n}
+    for key in ("background", "colour", "shape"):
+        summary[f"{key}_accuracy"] = sum(r[f"ok_{key}"] for r in rows) / n
+    summary["all_accuracy"] = sum(r["ok_background"] and r["ok_colour"] and r["ok_shape"] for r in rows) / n
+    return summary, rows
+
+
+def heldout_scenes(data: Path, limit: int | None = None) -> list[dict]:
+    rows = [json.loads(line) for line in (data / "heldout" / "scenes.jsonl").read_text().splitlines() if line]
+    return rows[:limit]
+
+
+def score_vqa(pipe, data: Path, scenes: list[dict]) -> tuple[dict, list]:
+    """Greedy answers to the four questions on each held-out scene; accuracy per question."""
+    rows = []
+    for row in scenes:
+        scene = world.Scene(row["shape"], row["colour"], row["background"], row["size"], row["cx"], row["cy"])
+        image = Image.open(data / "heldout" / row["image"]).convert("RGB")
+        for question, truth in world.questions(scene, image.width):
+            answer = pipe.answer(image, question).text.strip()
+            rows.append({"image": row["image"], "question": question, "truth": truth, "answer": answer,
+                         "ok": answer == truth})
+    summary = {"n_images": len(scenes)}
+    for question in dict.fromkeys(r["question"] for r in rows):
+        asked = [r for r in rows if r["question"] == question]
+        summary[question] = sum(r["ok"] for r in asked) / len(asked)
+    return summary, rows
+
+
+def heldout_motions(data: Path, limit: int | None = None) -> list[dict]:
+    rows = [json.loads(line) for line in (data / "heldout" / "motions.jsonl").read_text().splitlines() if line]
+    return rows[:limit]
+
+
+def score_video(pipe, data: Path, motions: list[dict], given: int = 4, seed: int = 0) -> tuple[dict, list]:
+    """Continue each motion from its first `given` frames and its caption by `given` frames;
+    correct when the shape's centroid moved on in the caption's direction."""
+    rows = []
+    for i, row in enumerate(motions):
+        folder = data / "heldout" / row["video"]
+        frames = [Image.open(p).convert("RGB") for p in sorted(folder.glob("*.png"))][:given]
+        out = pipe.continue_video(frames, given, row["caption"], seed=seed + i)
+        big = [f.resize((f.width * UPSCALE, f.height * UPSCALE), Image.NEAREST) for f in frames + out.frames]
+        track = measure.track(big)
+        before, after = track[given - 1], track[-1]
+        moved = None
+        if before is not None and after is not None:
+            dx, dy = after[0] - before[0], after[1] - before[1]
+            step = {"left": -dx, "right": dx, "up": -dy, "down": dy}[row["direction"]]
+            moved = step / UPSCALE
+        rows.append({"video": row["video"], "direction": row["direction"], "moved_px": moved,
+                     "ok": moved is not None and moved > 0.5, "frames": frames + out.frames})
+    summary = {"n": len(rows), "direction_accuracy": sum(r["ok"] for r in rows) / max(1, len(rows)),
+               "mean_moved_px": sum(r["moved_px"] or 0 for r in rows) / max(1, len(rows))}
+    return summary, rows
+
+
+# ---- figures ----------------------------------------------------------------------------------
+
+def _label(draw, xy, text, fill=(0, 0, 0)):
+    draw.text(xy, text, fill=fill)
+
+
+def t2i_grid(rows: list, path: Path, scale: int = 3) -> None:
+    """The generated images, one row per background colour, labelled with the prompt."""
+    cell, pad = 32 * scale, 4
+    backgrounds = list(world.COLOURS)
+    by_bg = {b: [r for r in rows if r["prompt"].endswith(f"on a {b} background")] for b in backgrounds}
+    cols = max(len(v) for v in by_bg.values())
+    width, height = cols * (cell + pad) + 70, len(backgrounds) * (cell + pad + 24) + 4
+    sheet = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for r, b in enumerate(backgrounds):
+        y = r * (cell + pad + 24) + 4
+        _label(draw, (4, y + cell // 2), f"on {b}")
+        for c, row in enumerate(by_bg[b]):
+            x = 70 + c * (cell + pad)
+            sheet.paste(row["image"].resize((cell, cell), Image.NEAREST), (x, y))
+            words = row["prompt"].split()
+            _label(draw, (x, y + cell + 2), f"{words[1][:3]} {words[2][:3]}",
+                   fill=(0, 0, 0) if row["ok_colour"] and row["ok_shape"] else (200, 0, 0))
+    sheet.save(path)
+
+
+def vqa_examples(data: Path, rows: list, path: Path, n: int = 6, scale: int = 4) -> None:
+    cell = 32 * scale
+    images = list(dict.fromkeys(r["image"] for r in rows))[:n]
+    sheet = Image.new("RGB", (n * (cell + 170), cell + 70), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for i, name in enumerate(images):
+        x = i * (cell + 170) + 4
+        sheet.paste(Image.open(data / "heldout" / name).convert("RGB").resize((cell, cell), Image.NEAREST), (x, 4))
+        for j, r in enumerate(r for r in rows if r["image"] == name):
+            _label(draw, (x + cell + 6, 4 + 30 * j), r["question"][:24], fill=(80, 80, 80))
+            _label(draw, (x + cell + 6, 16 + 30 * j), r["answer"], fill=(0, 120, 0) if r["ok"] else (200, 0, 0))
+    sheet.save(path)
+
+
+def video_figure(rows: list, gif: Path, strip: Path, n: int = 4, scale: int = 3) -> None:
+    """A GIF of the first `n` continued videos side by side (given frames, then continued), and
+    a strip of all their frames (the continued ones framed in red)."""
+    rows = rows[:n]
+    cell = 32 * scale
+    length = len(rows[0]["frames"])
+    given = length // 2
+    frames = []
+    for t in range(length):
+        frame = Image.new("RGB", (n * (cell + 4), cell + 16), (255, 255, 255))
+        draw = ImageDraw.Draw(frame)
+        for i, row in enumerate(rows):
+            frame.paste(row["frames"][t].resize((cell, cell), Image.NEAREST), (i * (cell + 4), 0))
+            _label(draw, (i * (cell + 4) + 2, cell + 2), ("given " if t < given else "new ") + row["direction"],
+                   fill=(0, 0, 0) if t < given else (200, 0, 0))
+        frames.append(frame)
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=250, loop=0)
+    sheet = Image.new("RGB", (length * (cell + 4), n * (cell + 4)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for i, row in enumerate(rows):
+        for t, f in enumerate(row["frames"]):
+            x, y = t * (cell + 4), i * (cell + 4)
+            sheet.paste(f.resize((cell, cell), Image.NEAREST), (x, y))
+            if t >= given:
+                draw.rectangle([x, y, x + cell - 1, y + cell - 1], outline=(220, 0, 0), width=2)
+    sheet.save(strip)
+
+
+def token_layout(image: Image.Image, codes, path: Path, scale: int = 8) -> None:
+    """An image beside its image block: the size text, 8 rows of [8 visual tokens, eol], eof,
+    eoi; each visual token drawn on the mean colour of its 4x4 patch, with its code."""
+    import numpy as np
+
+    h, w = codes.shape
+    patch = image.width // w
+    big = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    cell = 44
+    width = big.width + 40 + (w + 1) * cell + 10
+    height = max(big.height, (h + 2) * cell) + 60
+    sheet = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    sheet.paste(big, (10, 40))
+    for k in range(1, w):
+        x = 10 + k * patch * scale
+        draw.line([(x, 40), (x, 40 + big.height)], fill=(128, 128, 128))
+    for k in range(1, h):
+        y = 40 + k * patch * scale
+        draw.line([(10, y), (10 + big.width, y)], fill=(128, 128, 128))
+    x0 = big.width + 40
+    _label(draw, (10, 10), f"{image.width}x{image.height} pixels -> {h}x{w} codes")
+    _label(draw, (x0, 10), f'<|image start|> "{h}*{w}" <|image token|>')
+    pixels = np.asarray(image, np.float64)
+    for r in range(h):
+        for c in range(w):
+            mean = tuple(int(v) for v in pixels[r * patch:(r + 1) * patch, c * patch:(c + 1) * patch].mean((0, 1)))
+            box = [x0 + c * cell, 40 + r * cell, x0 + (c + 1) * cell - 2, 40 + (r + 1) * cell - 2]
+            draw.rectangle(box, fill=mean)
+            ink = (0, 0, 0) if sum(mean) > 380 else (255, 255, 255)
+            _label(draw, (box[0] + 4, box[1] + 14), str(int(codes[r, c])), fill=ink)
+        _label(draw, (x0 + w * cell + 2, 40 + r * cell + 14), "eol", fill=(0, 0, 160))
+    _label(draw, (x0, 40 + h * cell + 8), "<|extra_201|> (eof)  <|image end|>", fill=(0, 0, 160))
+    sheet.save(path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="the recipe's data directory")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--model", default=None, help="LM directory (default: the installed default model)")
+    parser.add_argument("--vq", default=None, help="vision tokenizer directory (with --model)")
+    parser.add_argument("--vqa-images", type=int, default=200)
+    parser.add_argument("--videos", type=int, default=20)
+    parser.add_argument("--figures", type=Path, default=None, help="write the docs' pictures here")
+    args = parser.parse_args(argv)
+    from emu3_decoding import Emu3Pipeline
+
+    pipe = Emu3Pipeline.from_pretrained(args.model, args.vq)
+    args.out.mkdir(parents=True, exist_ok=True)
+    t2i, t2i_rows = score_t2i(pipe, prompts())
+    print("text-to-image", t2i, flush=True)
+    vqa, vqa_rows = score_vqa(pipe, args.data, heldout_scenes(args.data, args.vqa_images))
+    print("VQA", vqa, flush=True)
+    video, video_rows = score_video(pipe, args.data, heldout_motions(args.data, args.videos))
+    print("video", video, flush=True)
+    report = {"t2i": t2i, "vqa": vqa, "video": video,
+              "t2i_rows": [{k: v for k, v in r.items() if k != "image"} for r in t2i_rows],
+              "vqa_rows": vqa_rows, "video_rows": [{k: v for k, v in r.items() if k != "frames"} for r in video_rows]}
+    (args.out / "eval.json").write_text(json.dumps(report, indent=1) + "\n")
+    if args.figures:
+        args.figures.mkdir(parents=True, exist_ok=True)
+        t2i_grid(t2i_rows, args.figures / "shapes_t2i_grid.png")
+        vqa_examples(args.data, vqa_rows, args.figures / "shapes_vqa.png")
+        video_figure(video_rows, args.figures / "shapes_video.gif", args.figures / "shapes_video.png")
+        from emu3_vq import Emu3ImageProcessor, Emu3VQModel
+
+        vq, processor = Emu3VQModel.from_pretrained(args.vq), Emu3ImageProcessor.from_pretrained(args.vq)
+        example = world.draw(world.Scene("triangle", "yellow", "blue", 16.0, 14.0, 17.0), 32)
+        codes = vq.encode(processor.preprocess([example])).asnumpy()[0]
+        token_layout(example, codes, args.figures / "shapes_tokens.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""The whole recipe of the default model (emu3-shapes), from nothing, with this project's packages.
+
+    python tools/shapes/recipe.py --out shapes-run            # about 50 minutes on 2 CPU cores
+    python tools/shapes/recipe.py --out shapes-run --export   # then copy it into packages/emu3-shapes
+
+Stages, each a command a user could type, each skipped when its output is already complete
+(so an interrupted run continues where it stopped), each timed into OUT/timings.json:
+
+1. data        the shapes world (tools/shapes/data.py), 32x32 pixels, from --seed
+2. vq          `emu3 train vq`: the vision tokenizer (8x8 codes of 512 an image), 400 steps
+   vq2         `emu3 train vq --init vq/final`: 500 more steps at a higher learning rate
+               (the first run's cosine ends at 1e-4 while the reconstructions still improve)
+3. lm-init     a byte-level BPE trained with the tokenizers library on the data's texts and the
+               VQA prompt, Emu3's special tokens and the 512 visual tokens (emu3.tiktoken, the
+               original layout); an LM with random weights for that vocabulary
+4. prepare     `emu3 train prepare-t2i`, `prepare-vqa`, `prepare-video` with the new tokenizer
+5. sft         `emu3 train sft` on the mixture t2i : vqa : video = 2 : 2 : 1
+6. export      (--export) the checkpoints, generation_config.json and training.json into
+               packages/emu3-shapes/src/emu3_shapes/{lm,vq}
+
+The scores (`tools/shapes/evaluate.py`) are measured on the exported model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+EXPORT = ROOT / "packages" / "emu3-shapes" / "src" / "emu3_shapes"
+
+IMAGE_SIZE = 32
+VIDEO_FRAMES = 8  # two latent frames: the continuation is given one and makes the other
+VQA_TEMPLATE = ("You are a helpful assistant. USER: ", ". ASSISTANT:")
+
+# what each stage runs with (recorded in training.json)
+SETTINGS = {
+    "data": {"images": 3000, "videos": 600, "heldout": 200, "image_size": IMAGE_SIZE},
+    "vq": {"steps": 400, "batch_size": 12, "clip_batch_size": 1, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 10},
+    "vq2": {"steps": 500, "batch_size": 12, "clip_batch_size": 1, "lr": 1e-3, "min_lr": 3e-4, "warmup_steps": 5},
+    "tokenizer": {"vocab_size": 400},
+    "lm": {"hidden_size": 256, "intermediate_size": 704, "num_hidden_layers": 4, "num_attention_heads": 4,
+           "num_key_value_heads": 2, "max_position_embeddings": 512},
+    "sft": {"steps": 900, "batch_size": 16, "max_length": 168, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 50,
+            "weight_decay": 0.1, "clip_grad_norm": 1.0, "null_prompt_prob": 0.1,
+            "weights": {"t2i": 2, "vqa": 2, "video": 1}},
+    # the pipeline's defaults for this model (generation_config.json)
+    "generation": {"guidance_scale": 2.0, "top_k": 8, "top_p": 1.0, "temperature": 1.0, "negative_prompt": "",
+                   "positive_prompt_suffix": "", "max_new_tokens": 8, "do_sample": False},
+}
+
+
+def emu3(*args: str, cwd: Path) -> None:
+    """Run an `emu3` command of this environment; stop the recipe if it fails."""
+    command = [str(Path(sys.executable).with_name("emu3")), *args]
+    print("+", " ".join(command), flush=True)
+    subprocess.run(command, cwd=cwd, check=True)
+
+
+def texts_for_tokenizer(data: Path) -> list[str]:
+    return data.joinpath("corpus.txt").read_text(encoding="utf-8").splitlines() + list(VQA_TEMPLATE)
+
+
+def build_initial_lm(data: Path, out: Path, seed: int) -> Path:
+    """The tokenizer trained on the data's texts, and a random-weight LM for its vocabulary."""
+    from emu3_decoding.demo import random_lm_state
+    from emu3_lm.config import Emu3LMConfig, emu3_token_ids
+    from emu3_lm.tiny_assets import build_tiktoken_tokenizer, train_bpe_ranks
+    from emu3_vq.config import Emu3VQConfig
+    from emu3_vq.weights import atomic_write, write_checkpoint
+
+    codebook = Emu3VQConfig.from_json_file(out / "vq2" / "final" / "config.json").codebook_size
+    ranks = train_bpe_ranks(texts_for_tokenizer(data), SETTINGS["tokenizer"]["vocab_size"])
+    target = out / "lm-init"
+    tmp = out / ".lm-init.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    build_tiktoken_tokenizer(tmp, codebook, ranks=ranks)
+    config = Emu3LMConfig.from_name("tiny", **SETTINGS["lm"], image_area=IMAGE_SIZE * IMAGE_SIZE,
+                                    **emu3_token_ids(len(ranks), codebook))
+    write_checkpoint(tmp, random_lm_state(config, seed))
+    text = json.dumps({**config.to_dict("original"), "torch_dtype": "float32"}, indent=2) + "\n"
+    atomic_write(tmp / "config.json", lambda f: f.write(text.encode("utf-8")))
+    tmp.rename(target)
+    return target
+
+
+def stages(out: Path, seed: int):
+    data, vq = out / "data", out / "vq2" / "final"
+    s = SETTINGS
+
+    def make_data():
+        sys.path.insert(0, str(HERE.parent))
+        from shapes.data import write_dataset
+
+        write_dataset(data, seed=seed, images=s["data"]["images"], videos=s["data"]["videos"],
+                      heldout=s["data"]["heldout"], image_size=IMAGE_SIZE, overwrite=True)
+
+    def train_vq(stage: str, *extra: str, seed: int = seed):
+        v = s[stage]
+        emu3("train", "vq", "--images", "data/images", "--videos", "data/videos", "--out", stage, *extra,
+             "--image-size", str(IMAGE_SIZE), "--steps", str(v["steps"]), "--batch-size", str(v["batch_size"]),
+             "--clip-batch-size", str(v["clip_batch_size"]), "--lr", str(v["lr"]), "--min-lr", str(v["min_lr"]),
+             "--warmup-steps", str(v["warmup_steps"]), "--seed", str(seed), "--save-every", "100", "--resume",
+             cwd=out)
+
+    def prepare():
+        area = str(IMAGE_SIZE * IMAGE_SIZE)
+        common = ["--vq", str(vq), "--image-area", area, "--overwrite"]
+        emu3("train", "prepare-t2i", "--captions", "data/captions.jsonl", "--out", "prep/t2i", *common, cwd=out)
+        emu3("train", "prepare-vqa", "--conversations", "data/vqa.json", "--image-root", "data", "--out", "prep/vqa",
+             *common, cwd=out)
+        emu3("train", "prepare-video", "--videos", "data/videos.jsonl", "--frames", str(VIDEO_FRAMES),
+             "--out", "prep/video", *common, cwd=out)
+
+    def sft():
+        f = s["sft"]
+        data_args = []
+        for task, weight in f["weights"].items():
+            data_args += ["--data", f"prep/{task}/list/train.json,task={task},weight={weight}"]
+        emu3("train", "sft", *data_args, "--model", "lm-init", "--out", "sft", "--steps", str(f["steps"]),
+             "--batch-size", str(f["batch_size"]), "--max-length", str(f["max_length"]), "--lr", str(f["lr"]),
+             "--min-lr", str(f["min_lr"]), "--warmup-steps", str(f["warmup_steps"]),
+             "--weight-decay", str(f["weight_decay"]), "--clip-grad-norm", str(f["clip_grad_norm"]),
+             "--null-prompt-prob", str(f["null_prompt_prob"]), "--seed", str(seed), "--save-every", "300",
+             "--resume", cwd=out)
+
+    return [
+        ("data", data / "manifest.json", make_data),
+        ("vq", out / "vq" / "final" / "config.json", lambda: train_vq("vq")),
+        ("vq2", vq / "config.json", lambda: train_vq("vq2", "--init", "vq/final", seed=seed + 1)),
+        ("lm-init", out / "lm-init" / "config.json", lambda: build_initial_lm(data, out, seed)),
+        ("prepare", out / "prep" / "video" / "list" / "train.json", prepare),
+        ("sft", out / "sft" / "final" / "config.json", sft),
+    ]
+
+
+def export(out: Path, timings: dict, seed: int) -> None:
+    """Copy the trained checkpoints (original layout) into the emu3-shapes package, with the
+    pipeline defaults and the record of the run."""
+    lm, vq = EXPORT / "lm", EXPORT / "vq"
+    for target in (lm, vq):
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "emu3.tiktoken", "emu3_vision_tokens.txt",
+                 "tokenizer_config.json"):
+        shutil.copy2(out / "sft" / "final" / name, lm / name)
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
+        shutil.copy2(out / "vq2" / "final" / name, vq / name)
+    (lm / "generation_config.json").write_text(json.dumps(SETTINGS["generation"], indent=2) + "\n")
+
+    def metrics(path: Path) -> list[dict]:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    vq_metrics = metrics(out / "vq" / "metrics.jsonl") + metrics(out / "vq2" / "metrics.jsonl")
+    sft_metrics = metrics(out / "sft" / "metrics.jsonl")
+    record = {
+        "seed": seed,
+        "settings": SETTINGS,
+        "seconds": timings,
+        "vq": {"steps": len(vq_metrics), "first": vq_metrics[0], "last": vq_metrics[-1],
+               "loss": [m["loss"] for m in vq_metrics], "psnr": [m["psnr"] for m in vq_metrics]},
+        "sft": {"steps": len(sft_metrics), "first": sft_metrics[0], "last": sft_metrics[-1],
+                "loss": [m["loss"] for m in sft_metrics]},
+    }
+    (EXPORT / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+    print(f"exported to {EXPORT}")
+
+
+def record_eval(eval_json: Path) -> None:
+    """Put the scores of `tools/shapes/evaluate.py` into the exported training.json."""
+    report = json.loads(Path(eval_json).read_text())
+    vqa = report["vqa"]
+    record = json.loads((EXPORT / "training.json").read_text())
+    record["vqa_accuracy"] = {"colour": vqa["What colour is the shape?"], "shape": vqa["What shape is it?"],
+                              "background": vqa["What colour is the background?"],
+                              "position": vqa["Where is the shape?"], "images": vqa["n_images"]}
+    record["t2i_accuracy"] = {k.removesuffix("_accuracy"): v for k, v in report["t2i"].items()}
+    record["video"] = report["video"]
+    (EXPORT / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, type=Path, help="working directory of the run")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--export", action="store_true", help="copy the result into packages/emu3-shapes")
+    parser.add_argument("--record-eval", type=Path, metavar="EVAL_JSON",
+                        help="only put evaluate.py's scores into the exported training.json")
+    args = parser.parse_args(argv)
+    if args.record_eval:
+        record_eval(args.record_eval)
+        return 0
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    timings_path = out / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    for name, done, run in stages(out, args.seed):
+        if done.is_file():
+            print(f"{name}: done ({done})")
+            continue
+        start = time.perf_counter()
+        run()
+        timings[name] = round(time.perf_counter() - start, 1)
+        timings_path.write_text(json.dumps(timings, indent=2) + "\n")
+        print(f"{name}: {timings[name]:.0f} s", flush=True)
+    print(f"total {sum(timings.values()):.0f} s: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    if args.export:
+        export(out, timings, args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
