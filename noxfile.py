@@ -196,7 +196,9 @@ def release(session: nox.Session) -> None:
     As a user gets the release: sibling ranges, URLs and READMEs checked (check_versions.py),
     every wheel built and installed from the wheel files with its extras, each package shown
     in site-packages, `pip check`, nothing heavy pulled in, docs/cli.md and docs/api.md up to
-    date, then the integration suite against the installed wheels from a scratch directory.
+    date, then the integration suite (and the tests of tools/: the shapes data and measures
+    the default model is checked with, the reference generator) against the installed wheels
+    from a scratch directory.
     """
     wheels = _build_wheels(session, PACKAGES)  # installs build and hatchling, and so packaging
     session.run("python", str(ROOT / "tools" / "check_versions.py"))
@@ -212,7 +214,7 @@ def release(session: nox.Session) -> None:
     # From a scratch directory, as `isolated` does: nothing under packages/*/src can be imported.
     session.chdir(session.create_tmp())
     session.run("pytest", "-c", str(ROOT / "pyproject.toml"), "--rootdir", str(ROOT),
-                str(ROOT / "integration"), *session.posargs,
+                str(ROOT / "integration"), str(ROOT / "tools"), *session.posargs,
                 env={**_env(session), "EMU3_EXPECT_INSTALLED": modules[-1]})
 
 

@@ -1,7 +1,7 @@
 """The fine-tuning recipe of docs/training.md, end to end through the `emu3` command.
 
-A folder of captioned images -> `emu3 train prepare-t2i` (the demo's vision tokenizer) ->
-`emu3 train sft` on the demo LM -> `emu3 generate image --model OUT/final`, which must load the
+A folder of captioned images -> `emu3 train prepare-t2i` (the default model's vision tokenizer) ->
+`emu3 train sft` on the default model (emu3-shapes) -> `emu3 generate image --model OUT/final`, which must load the
 fine-tuned weights and write a picture. Also `prepare-vqa` -> `sft --task vqa` -> an answer.
 """
 
@@ -49,7 +49,7 @@ def test_recipe_t2i_fine_tune_then_generate(folder, tmp_path):
     lm_dir, vq_dir = demo.default_model_dirs(quiet=True)
     data = tmp_path / "prepared"
     assert main(["train", "prepare-t2i", "--captions", str(folder / "captions.jsonl"), "--vq", str(vq_dir),
-                 "--out", str(data), "--image-area", "4096"]) == 0
+                 "--out", str(data), "--image-area", "1024"]) == 0
     out = tmp_path / "run"
     assert main(["train", "sft", "--data", str(data / "list" / "train.json"), "--model", str(lm_dir),
                  "--task", "t2i", "--out", str(out), "--steps", "2", "--batch-size", "2",
@@ -61,8 +61,8 @@ def test_recipe_t2i_fine_tune_then_generate(folder, tmp_path):
     assert any(not np.array_equal(before[k], after[k]) for k in before)  # the weights were trained
     image = tmp_path / "generated.png"
     assert main(["generate", "image", "a red square on a white background", "--model", str(out / "final"),
-                 "--vq", str(vq_dir), "--area", "4096", "--seed", "0", "--out", str(image)]) == 0
-    assert Image.open(image).size == (64, 64)
+                 "--vq", str(vq_dir), "--area", "1024", "--seed", "0", "--out", str(image)]) == 0
+    assert Image.open(image).size == (32, 32)
 
 
 def test_recipe_vqa_fine_tune_then_answer(folder, tmp_path, capsys):
@@ -70,7 +70,7 @@ def test_recipe_vqa_fine_tune_then_answer(folder, tmp_path, capsys):
     data = tmp_path / "prepared"
     assert main(["train", "prepare-vqa", "--conversations", str(folder / "conversations.json"),
                  "--image-root", str(folder), "--vq", str(vq_dir), "--out", str(data),
-                 "--image-area", "4096"]) == 0
+                 "--image-area", "1024"]) == 0
     out = tmp_path / "run"
     assert main(["train", "sft", "--data", str(data / "list" / "train.json"), "--model", str(lm_dir),
                  "--task", "vqa", "--out", str(out), "--steps", "2", "--batch-size", "2",

@@ -180,6 +180,40 @@ def video_figure(rows: list, gif: Path, strip: Path, n: int = 4, scale: int = 3)
     sheet.save(strip)
 
 
+def curves(series: dict[str, list[float]], path: Path, title: str, width: int = 640, height: int = 220) -> None:
+    """Line plots of the named series (each scaled to its own range), one panel each."""
+    colours = [(40, 80, 220), (220, 40, 40), (40, 160, 60)]
+    panels = len(series)
+    sheet = Image.new("RGB", (width, panels * height + 30), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    _label(draw, (10, 8), title)
+    for p, (name, values) in enumerate(series.items()):
+        top = 30 + p * height
+        left, right, bottom = 60, width - 10, top + height - 30
+        lo, hi = min(values), max(values)
+        hi = hi if hi > lo else lo + 1
+        draw.rectangle([left, top, right, bottom], outline=(180, 180, 180))
+        _label(draw, (4, top), f"{hi:.3g}")
+        _label(draw, (4, bottom - 10), f"{lo:.3g}")
+        _label(draw, (left + 6, top + 4), f"{name} (last {values[-1]:.3g})", fill=colours[p % 3])
+        n = len(values)
+        points = [(left + (right - left) * i / max(1, n - 1), bottom - (bottom - top) * (v - lo) / (hi - lo))
+                  for i, v in enumerate(values)]
+        draw.line(points, fill=colours[p % 3], width=1)
+        _label(draw, (left, bottom + 4), "step 1")
+        _label(draw, (right - 60, bottom + 4), f"step {n}")
+    sheet.save(path)
+
+
+def smooth(values: list[float], k: int = 10) -> list[float]:
+    """Running mean over the last k values (metrics are per batch, so noisy)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v - (values[i - k] if i >= k else 0.0)
+        out.append(total / min(i + 1, k))
+    return out
+
+
 def token_layout(image: Image.Image, codes, path: Path, scale: int = 8) -> None:
     """An image beside its image block: the size text, 8 rows of [8 visual tokens, eol], eof,
     eoi; each visual token drawn on the mean colour of its 4x4 patch, with its code."""
@@ -251,6 +285,13 @@ def main(argv=None) -> int:
         example = world.draw(world.Scene("triangle", "yellow", "blue", 16.0, 14.0, 17.0), 32)
         codes = vq.encode(processor.preprocess([example])).asnumpy()[0]
         token_layout(example, codes, args.figures / "shapes_tokens.png")
+        from emu3_shapes import training_summary
+
+        record = training_summary()
+        curves({"loss": smooth(record["vq"]["loss"]), "PSNR (dB)": smooth(record["vq"]["psnr"])},
+               args.figures / "shapes_vq_curves.png", "vision tokenizer: loss and PSNR per step (mean of 10)")
+        curves({"loss": smooth(record["sft"]["loss"])}, args.figures / "shapes_sft_curve.png",
+               "language model: SFT loss per step (mean of 10)")
     return 0
 
 

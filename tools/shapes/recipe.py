@@ -47,7 +47,7 @@ SETTINGS = {
     "tokenizer": {"vocab_size": 400},
     "lm": {"hidden_size": 256, "intermediate_size": 704, "num_hidden_layers": 4, "num_attention_heads": 4,
            "num_key_value_heads": 2, "max_position_embeddings": 512},
-    "sft": {"steps": 900, "batch_size": 16, "max_length": 168, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 50,
+    "sft": {"steps": 800, "batch_size": 16, "max_length": 168, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 50,
             "weight_decay": 0.1, "clip_grad_norm": 1.0, "null_prompt_prob": 0.1,
             "weights": {"t2i": 2, "vqa": 2, "video": 1}},
     # the pipeline's defaults for this model (generation_config.json)
@@ -111,7 +111,7 @@ def stages(out: Path, seed: int):
 
     def prepare():
         area = str(IMAGE_SIZE * IMAGE_SIZE)
-        common = ["--vq", str(vq), "--image-area", area, "--overwrite"]
+        common = ["--vq", str(vq), "--image-area", area, "--overwrite", "--jit", "on"]  # one graph, one size
         emu3("train", "prepare-t2i", "--captions", "data/captions.jsonl", "--out", "prep/t2i", *common, cwd=out)
         emu3("train", "prepare-vqa", "--conversations", "data/vqa.json", "--image-root", "data", "--out", "prep/vqa",
              *common, cwd=out)

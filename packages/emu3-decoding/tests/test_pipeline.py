@@ -12,6 +12,7 @@ from emu3_decoding.pipeline import Emu3Pipeline, read_generation_config
 from emu3_decoding.sampling import Sampling
 from emu3_decoding.video import continue_video
 from emu3_decoding.vqa import answer
+from emu3_lm.config import Emu3LMConfig
 from emu3_lm.model import Emu3ForCausalLM
 from PIL import Image
 
@@ -116,6 +117,24 @@ def test_generation_config_sets_the_defaults(checkpoints, lm_with, monkeypatch):
     assert (v.cfg_scale, v.top_k, v.temperature) == (1.0, 7, 0.5)  # guidance_scale is for images
 
 
+def test_generation_config_sets_the_prompt_words(checkpoints, lm_with, tmp_path):
+    """negative_prompt and positive_prompt_suffix: a model trained on other captions drops
+    Emu3-Gen's quality words; arguments still win; a non-string is refused naming the key."""
+    pipe = Emu3Pipeline.from_pretrained(lm_with({"negative_prompt": "", "positive_prompt_suffix": ""}),
+                                        checkpoints[1], lazy=True)
+    _, s = pipe.check_image("a cat", image_area=AREA)
+    assert (s.negative_prompt, s.positive_suffix) == ("", "")
+    _, s = pipe.check_image("a cat", image_area=AREA, negative_prompt="blurry", positive_suffix=" sharp")
+    assert (s.negative_prompt, s.positive_suffix) == ("blurry", " sharp")
+    plain = Emu3Pipeline.from_pretrained(*checkpoints, lazy=True)
+    _, s = plain.check_image("a cat", image_area=AREA)
+    assert s.negative_prompt == NEGATIVE_PROMPT and "best quality" in s.positive_suffix
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"negative_prompt": 3}')
+    with pytest.raises(ValueError, match="negative_prompt must be a string, got 3"):
+        read_generation_config(bad)
+
+
 def test_without_generation_config_the_original_recipes(checkpoints, lm_with):
     pipe = Emu3Pipeline.from_pretrained(*checkpoints, lazy=True)
     assert pipe.generation_config == {}
@@ -165,7 +184,7 @@ def test_requests_are_checked_before_any_weights(checkpoints, monkeypatch):
     ({"revision": "v1"}, "revision (--revision) applies to a hub repo id model"),
     ({"dtype": "fp64"}, "unknown dtype 'fp64'"),
 ])
-def test_demo_model_arguments(kwargs, message):
+def test_default_model_arguments(kwargs, message):
     with pytest.raises(ValueError) as err:
         Emu3Pipeline.from_pretrained(lazy=True, **kwargs)
     assert message in str(err.value)
@@ -181,9 +200,12 @@ def test_checkpoint_names(checkpoints, tmp_path):
         Emu3Pipeline.from_pretrained(lm, str(tmp_path), lazy=True)
     with pytest.raises(FileNotFoundError, match="nor a hub repo id"):
         Emu3Pipeline.from_pretrained(str(tmp_path / "no" / "such" / "dir"), vq, lazy=True)
-    # the demo model, named by nothing
-    demo = Emu3Pipeline.from_pretrained(lazy=True)
-    assert demo.source["model"] == "demo" and demo.config.num_hidden_layers == 2
+    # the default model (emu3-shapes), named by nothing
+    from emu3_vq.defaults import model_dirs
+
+    default = Emu3Pipeline.from_pretrained(lazy=True)
+    assert default.source == {"model": "default", "vq": "default"}
+    assert default.config.vocab_size == Emu3LMConfig.from_pretrained(model_dirs()["lm"]).vocab_size
 
 
 def test_repo_ids_from_a_local_hub_cache(checkpoints, pipe, hub_cache, tmp_path, monkeypatch, capsys):

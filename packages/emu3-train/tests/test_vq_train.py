@@ -268,6 +268,30 @@ def test_dead_code_restart_moves_unused_codes_onto_latents():
     assert (trainer.usage == 0).all()
 
 
+def test_codebook_moving_averages():
+    """The codes follow the mean of their latents; a code not chosen keeps its place (the
+    averages start at the loaded codebook, as for `--init`); a restarted code starts afresh."""
+    import mindspore as ms
+
+    model_config = Emu3VQConfig(**TINY)
+    state = initial_state(model_config, 0)
+    state["quantize.embedding.weight"] = np.arange(256, dtype=np.float32).reshape(64, 4)
+    trainer = VQTrainer(model_config, state, VQTrainConfig(images="i", out="o", jit=False))
+    np.testing.assert_array_equal(trainer.ema.sums.asnumpy(), state["quantize.embedding.weight"])
+    latents = np.full((6, 4), 2.0, np.float32)
+    codes = np.zeros(6, np.int32)  # every position chose code 0
+    trainer.ema(ms.Tensor(codes), ms.Tensor(latents))
+    after = trainer.codebook.asnumpy()
+    np.testing.assert_allclose(after[1:], state["quantize.embedding.weight"][1:], rtol=1e-4)  # unchosen: kept
+    decay = trainer.ema.decay
+    count = decay * 1 + (1 - decay) * 6
+    expected = (decay * state["quantize.embedding.weight"][0] + (1 - decay) * 12.0) / count
+    np.testing.assert_allclose(after[0], expected, rtol=1e-3)  # moved towards the mean latent (2.0)
+    assert np.abs(after[0] - 2.0).sum() < np.abs(state["quantize.embedding.weight"][0] - 2.0).sum()
+    # the gradient never reaches the codebook: it is not a parameter of the optimiser
+    assert all(p is not trainer.codebook for p in trainer.optimizer.params)
+
+
 def test_batches_are_a_function_of_seed_and_step():
     images = flat_pixels(COLOURS)
     videos = [np.random.default_rng(0).standard_normal((5, 3, 8, 8)).astype(np.float32)]

@@ -258,11 +258,39 @@ def _save_codes(path, shape=(16, 20)):
     return path
 
 
-def test_default_model_is_used_without_model_flag(tmp_path, capsys):
+def test_without_model_flag_and_no_default_model_the_tiny_one_is_used(tmp_path, capsys, monkeypatch):
+    from emu3_vq import defaults
+
+    monkeypatch.setattr(defaults, "installed", lambda: False)  # emu3-vq installed alone
     img = _save_image(tmp_path / "photo.png", 40, 32)
     code, _, err = _run(capsys, "encode", img, "-o", tmp_path / "out")
-    assert code == 0 and "untrained" in err
+    assert code == 0 and "untrained" in err and "pip install emu3-shapes" in err
     assert np.load(tmp_path / "out" / "photo.npy").shape == (16, 20)
+
+
+def test_without_model_flag_the_registered_default_model_is_used(model_dir, tmp_path, capsys, monkeypatch):
+    from emu3_vq import defaults
+
+    monkeypatch.setattr(defaults, "installed", lambda: True)
+    monkeypatch.setattr(defaults, "model_dirs", lambda: {"lm": tmp_path, "vq": model_dir})
+    monkeypatch.setattr(defaults, "describe", lambda: "the default model (a stand-in)")
+    img = _save_image(tmp_path / "photo.png", 40, 32)
+    code, _, err = _run(capsys, "encode", img, "-o", tmp_path / "out")
+    assert code == 0 and "using the default model (a stand-in)" in err and "untrained" not in err
+    # the registered (micro) checkpoint's codes, not the tiny fallback's
+    assert main(["vq", "encode", str(img), "--model", str(model_dir), "-o", str(tmp_path / "direct")]) == 0
+    assert np.array_equal(np.load(tmp_path / "out" / "photo.npy"), np.load(tmp_path / "direct" / "photo.npy"))
+
+
+def test_defaults_without_a_registered_model(monkeypatch):
+    from emu3_vq import defaults
+
+    monkeypatch.setattr(defaults, "_registered", lambda: None)
+    assert not defaults.installed()
+    with pytest.raises(defaults.NoDefaultModel, match="pip install emu3-shapes"):
+        defaults.model_dirs()
+    with pytest.raises(defaults.NoDefaultModel):
+        defaults.lm_dir()
 
 
 @pytest.mark.slow

@@ -172,11 +172,12 @@ def _read_text(path: Path, what: str) -> str:
         raise UserError(f"cannot read {what} {path}: {exc}") from None
 
 
-def read_captions(path: str | os.PathLike) -> tuple[list[Record], list[tuple[int, str]]]:
-    """T2I records of a JSONL file, and (line number, message) per bad record (images not checked)."""
+def _read_media_jsonl(path: str | os.PathLike, key: str, what: str) -> tuple[list[Record], list[tuple[int, str]]]:
+    """Records of a JSONL file of `{key: path, "text": caption}` lines, and (line number, message)
+    per bad record (the media themselves not checked)."""
     path = Path(path)
     records, problems = [], []
-    for lineno, line in enumerate(_read_text(path, "captions file").splitlines(), start=1):
+    for lineno, line in enumerate(_read_text(path, what).splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
@@ -186,45 +187,27 @@ def read_captions(path: str | os.PathLike) -> tuple[list[Record], list[tuple[int
             except json.JSONDecodeError as exc:
                 raise _BadRecord(f"{where}: not valid JSON ({exc.msg})") from None
             if not isinstance(item, dict):
-                raise _BadRecord(f"{where}: expected an object {{\"image\", \"text\"}}, got {type(item).__name__}")
-            image, text = item.get("image"), item.get("text")
-            if not isinstance(image, str) or not image:
-                raise _BadRecord(f"{where}: 'image' must be a non-empty path, got {image!r}")
+                raise _BadRecord(f"{where}: expected an object {{\"{key}\", \"text\"}}, got {type(item).__name__}")
+            media, text = item.get(key), item.get("text")
+            if not isinstance(media, str) or not media:
+                raise _BadRecord(f"{where}: '{key}' must be a non-empty path, got {media!r}")
             if not isinstance(text, str) or not text.strip():
                 raise _BadRecord(f"{where}: empty or missing 'text'")
             stem = f"{lineno:08d}"
-            records.append(Record(lineno, where, stem, stem, path.parent / image, text))
+            records.append(Record(lineno, where, stem, stem, path.parent / media, text))
         except _BadRecord as exc:
             problems.append((lineno, str(exc)))
     return records, problems
+
+
+def read_captions(path: str | os.PathLike) -> tuple[list[Record], list[tuple[int, str]]]:
+    """T2I records of a JSONL file, and (line number, message) per bad record (images not checked)."""
+    return _read_media_jsonl(path, "image", "captions file")
 
 
 def read_videos(path: str | os.PathLike) -> tuple[list[Record], list[tuple[int, str]]]:
     """Video records of a JSONL file, and (line number, message) per bad record (videos not checked)."""
-    path = Path(path)
-    records, problems = [], []
-    for lineno, line in enumerate(_read_text(path, "videos file").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise _BadRecord(f"{where}: not valid JSON ({exc.msg})") from None
-            if not isinstance(item, dict):
-                raise _BadRecord(f"{where}: expected an object {{\"video\", \"text\"}}, "
-                                 f"got {type(item).__name__}")
-            video, text = item.get("video"), item.get("text")
-            if not isinstance(video, str) or not video:
-                raise _BadRecord(f"{where}: 'video' must be a non-empty path, got {video!r}")
-            if not isinstance(text, str) or not text.strip():
-                raise _BadRecord(f"{where}: empty or missing 'text'")
-            stem = f"{lineno:08d}"
-            records.append(Record(lineno, where, stem, stem, path.parent / video, text))
-        except _BadRecord as exc:
-            problems.append((lineno, str(exc)))
-    return records, problems
+    return _read_media_jsonl(path, "video", "videos file")
 
 
 def _conversation(item: dict, where: str) -> tuple[str, str]:

@@ -8,10 +8,11 @@ modules so the result is an ordinary `Emu3VQModel` checkpoint:
     z_q = z + stop_gradient(e_k - z)                   straight-through estimator
     x'  = decoder(z_q)                                 reconstruction
     loss = |x - x'|_1 + |x - x'|^2                     reconstruction (per pixel, mean)
+         + |sg(z) - e_k|^2                             codebook (reported; see below)
          + beta |z - sg(e_k)|^2                        commitment: keeps latents near codes
 
-The codebook term |sg(z) - e_k|^2 is reported, but the codes follow the latents by moving
-averages (`CodebookEMA`) rather than by its gradient.
+The trainer does not learn the codebook from its term's gradient: the codes follow the latents
+by moving averages (`CodebookEMA`).
 
 An image is, as at inference, `temporal_downsample_factor` equal frames; only frame 0 of its
 decoded clip is compared (the model decodes images that way). A video clip of exactly that
@@ -73,24 +74,33 @@ class VQLoss(nn.Cell):
         zq = zq.reshape((b * frames_out,) + tuple(zq.shape[2:]))
         return ops.cast(m.decoder.frames(hid, zq), ms.float32)
 
-    def _image_terms(self, images):
+    def _image_latents(self, images):
+        """images [B, 3, H, W] -> (latents [B*h*w, C], h, w): each image as 4 equal frames."""
         m = self.model
         b = images.shape[0]
         f = m.encoder.frames(images)
         _, c, h, w = f.shape
         z = ops.broadcast_to(f.reshape(b, c, 1, h, w), (b, c, self.t_factor, h, w))
-        flat = self._latents(m.encoder.temporal(z))
-        codes, quantized, codebook, commitment = self._quantize(flat)
-        recon = self._decode(quantized, b, 1, h, w, 1)
-        return recon, images, codes, flat, codebook, commitment
+        return self._latents(m.encoder.temporal(z)), h, w
 
-    def _clip_terms(self, clips):
+    def _clip_latents(self, clips):
+        """clips [B, T, 3, H, W] -> (latents [B*(T/4)*h*w, C], h, w)."""
         m = self.model
         b, t = clips.shape[0], clips.shape[1]
         f = m.encoder.frames(clips.reshape((b * t,) + tuple(clips.shape[2:])))
         _, c, h, w = f.shape
         z = f.reshape(b, t, c, h, w).transpose(0, 2, 1, 3, 4)
-        flat = self._latents(m.encoder.temporal(z))
+        return self._latents(m.encoder.temporal(z)), h, w
+
+    def _image_terms(self, images):
+        flat, h, w = self._image_latents(images)
+        codes, quantized, codebook, commitment = self._quantize(flat)
+        recon = self._decode(quantized, images.shape[0], 1, h, w, 1)
+        return recon, images, codes, flat, codebook, commitment
+
+    def _clip_terms(self, clips):
+        b, t = clips.shape[0], clips.shape[1]
+        flat, h, w = self._clip_latents(clips)
         codes, quantized, codebook, commitment = self._quantize(flat)
         recon = self._decode(quantized, b, t // self.t_factor, h, w, t)
         target = clips.reshape((b * t,) + tuple(clips.shape[2:]))
@@ -99,19 +109,8 @@ class VQLoss(nn.Cell):
     def latents(self, images, clips=None):
         """The continuous latents [M, C] of `images` (and `clips`), in the order `construct` returns
         them, without the decoder: what the k-means initialisation clusters."""
-        m = self.model
-        b = images.shape[0]
-        f = m.encoder.frames(images)
-        _, c, h, w = f.shape
-        z = ops.broadcast_to(f.reshape(b, c, 1, h, w), (b, c, self.t_factor, h, w))
-        flat = self._latents(m.encoder.temporal(z))
-        if clips is None:
-            return flat
-        bv, t = clips.shape[0], clips.shape[1]
-        f = m.encoder.frames(clips.reshape((bv * t,) + tuple(clips.shape[2:])))
-        _, c, h, w = f.shape
-        z = f.reshape(bv, t, c, h, w).transpose(0, 2, 1, 3, 4)
-        return ops.cat((flat, self._latents(m.encoder.temporal(z))), 0)
+        flat = self._image_latents(images)[0]
+        return flat if clips is None else ops.cat((flat, self._clip_latents(clips)[0]), 0)
 
     def construct(self, images, clips=None):
         recon, target, codes, flat, codebook, commitment = self._image_terms(images)

@@ -336,6 +336,9 @@ class VQTrainer:
 
         self._step = ms.jit(train_step) if config.jit else train_step
         self._latents = self.loss.latents  # eager: used for a few batches once, no compilation
+        # the moving averages start at the loaded codebook, each code as if seen once (all zeros
+        # would pull every code not chosen in the first step to the origin)
+        self.set_codebook(self.codebook.asnumpy())
         self.usage = np.zeros(model_config.codebook_size, np.int64)  # choices since the last restart
         self._last_latents = None
 
