@@ -9,6 +9,10 @@ the original BAAI layouts (config.json + model.safetensors; the LM with its toke
 generation_config.json), loaded by `Emu3VQModel.from_pretrained`,
 `Emu3ForCausalLM.from_pretrained` and `Emu3Pipeline.from_pretrained` like the real ones.
 
+Version 0.1.0 is partly trained: it paints the asked background and names the background and
+the shape's position; the shape and its colour, and motion, are not learnt reliably yet
+(docs/shapes.md has every score).
+
 Data only: this package imports nothing. The others find it through the `emu3.models` entry
 point (`emu3_vq.defaults`), so every `emu3` command and loader uses it when no model is named.
 """
