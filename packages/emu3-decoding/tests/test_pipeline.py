@@ -204,7 +204,7 @@ def test_checkpoint_names(checkpoints, tmp_path):
     from emu3_vq.defaults import model_dirs
 
     default = Emu3Pipeline.from_pretrained(lazy=True)
-    assert default.source == {"model": "default", "vq": "default"}
+    assert (default.source["model"], default.source["vq"]) == ("default", "default")
     assert default.config.vocab_size == Emu3LMConfig.from_pretrained(model_dirs()["lm"]).vocab_size
 
 
