@@ -25,7 +25,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
-from shapes import evaluate, measure, world  # noqa: E402
+from shapes import evaluate, world  # noqa: E402
 
 SIZE = 32  # the default model's image size
 FRESH = 20261206  # a seed the recipe's data streams ([seed, 0..3]) never use
