@@ -109,10 +109,16 @@ def _check_image(record: Record, processor, image_area: int) -> None:
         width, height = media.image_size(record.image)
     except (ValueError, OSError) as exc:
         raise _BadRecord(f"{record.where}: {exc}") from None
+    _check_scaled_size(record, processor, image_area, width, height, "image of {}x{} pixels scales")
+
+
+def _check_scaled_size(record: Record, processor, image_area: int, width: int, height: int, what: str) -> None:
+    """The processor accepts `width` x `height` pixels once scaled to `image_area` (`what`: the
+    message's start, formatted with width and height)."""
     try:
         h, w = area_size(height, width, image_area)
         if h < 1 or w < 1:
-            raise ValueError(f"image of {width}x{height} pixels scales to {w}x{h} at image_area {image_area}")
+            raise ValueError(f"{what.format(width, height)} to {w}x{h} at image_area {image_area}")
         processor.size_for(h, w)
     except ValueError as exc:
         raise _BadRecord(f"{record.where}: {record.image}: {exc}") from None
@@ -135,13 +141,7 @@ def _check_video(record: Record, processor, image_area: int, factor: int, frames
     elif count % factor:
         raise _BadRecord(f"{record.where}: {record.image} has {count} frames, not a multiple of {factor} (the "
                          f"vision tokenizer turns every {factor} frames into one latent frame)")
-    try:
-        h, w = area_size(height, width, image_area)
-        if h < 1 or w < 1:
-            raise ValueError(f"frames of {width}x{height} pixels scale to {w}x{h} at image_area {image_area}")
-        processor.size_for(h, w)
-    except ValueError as exc:
-        raise _BadRecord(f"{record.where}: {record.image}: {exc}") from None
+    _check_scaled_size(record, processor, image_area, width, height, "frames of {}x{} pixels scale")
 
 
 def _image_pixels(record: Record, processor, image_area: int) -> np.ndarray:
