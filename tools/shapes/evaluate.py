@@ -67,7 +67,7 @@ def heldout_scenes(data: Path, limit: int | None = None) -> list[dict]:
 
 
 def score_vqa(pipe, data: Path, scenes: list[dict]) -> tuple[dict, list]:
-    """Greedy answers to the four questions on each held-out scene; accuracy per question."""
+    """Greedy answers to every question of `world.questions` on each held-out scene; accuracy per question."""
     rows = []
     for row in scenes:
         scene = world.Scene(row["shape"], row["colour"], row["background"], row["size"], row["cx"], row["cy"])

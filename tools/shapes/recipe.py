@@ -44,15 +44,18 @@ SETTINGS = {
     "data": {"images": 3000, "videos": 600, "heldout": 200, "image_size": IMAGE_SIZE},
     "vq": {"steps": 400, "batch_size": 12, "clip_batch_size": 1, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 10},
     "vq2": {"steps": 500, "batch_size": 12, "clip_batch_size": 1, "lr": 1e-3, "min_lr": 3e-4, "warmup_steps": 5},
+    "vq3": {"steps": 600, "batch_size": 12, "clip_batch_size": 1, "lr": 6e-4, "min_lr": 5e-5, "warmup_steps": 5},
     "tokenizer": {"vocab_size": 400},
     "lm": {"hidden_size": 256, "intermediate_size": 704, "num_hidden_layers": 4, "num_attention_heads": 4,
            "num_key_value_heads": 2, "max_position_embeddings": 512},
-    "sft": {"steps": 800, "batch_size": 16, "max_length": 168, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 50,
+    # sampling weights, and loss weights: a VQA answer is ~3 supervised tokens against an image's 72
+    # visual tokens, so unweighted the answers were ~3% of the loss and the LM learnt only the background
+    "sft": {"steps": 1200, "batch_size": 16, "max_length": 168, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 50,
             "weight_decay": 0.1, "clip_grad_norm": 1.0, "null_prompt_prob": 0.1,
-            "weights": {"t2i": 2, "vqa": 2, "video": 1}},
+            "weights": {"t2i": 2, "vqa": 2, "video": 1}, "loss_weights": {"t2i": 1, "vqa": 16, "video": 1}},
     # the pipeline's defaults for this model (generation_config.json)
     "generation": {"guidance_scale": 2.0, "top_k": 8, "top_p": 1.0, "temperature": 1.0, "negative_prompt": "",
-                   "positive_prompt_suffix": "", "max_new_tokens": 8, "do_sample": False},
+                   "positive_prompt_suffix": "", "max_new_tokens": 16, "do_sample": False},
 }
 
 
@@ -90,8 +93,11 @@ def build_initial_lm(data: Path, out: Path, seed: int) -> Path:
     return target
 
 
+STAGES = ("data", "vq", "vq2", "vq3", "lm-init", "prepare", "sft")
+
+
 def stages(out: Path, seed: int):
-    data, vq = out / "data", out / "vq2" / "final"
+    data, vq = out / "data", out / "vq3" / "final"
     s = SETTINGS
 
     def make_data():
@@ -118,12 +124,13 @@ def stages(out: Path, seed: int):
         emu3("train", "prepare-video", "--videos", "data/videos.jsonl", "--frames", str(VIDEO_FRAMES),
              "--out", "prep/video", *common, cwd=out)
 
-    def sft():
-        f = s["sft"]
+    def sft(stage: str, start: str):
+        f = s[stage]
         data_args = []
         for task, weight in f["weights"].items():
-            data_args += ["--data", f"prep/{task}/list/train.json,task={task},weight={weight}"]
-        emu3("train", "sft", *data_args, "--model", "lm-init", "--out", "sft", "--steps", str(f["steps"]),
+            data_args += ["--data", f"prep/{task}/list/train.json,task={task},weight={weight},"
+                                    f"loss_weight={f['loss_weights'][task]}"]
+        emu3("train", "sft", *data_args, "--model", start, "--out", stage, "--steps", str(f["steps"]),
              "--batch-size", str(f["batch_size"]), "--max-length", str(f["max_length"]), "--lr", str(f["lr"]),
              "--min-lr", str(f["min_lr"]), "--warmup-steps", str(f["warmup_steps"]),
              "--weight-decay", str(f["weight_decay"]), "--clip-grad-norm", str(f["clip_grad_norm"]),
@@ -133,10 +140,11 @@ def stages(out: Path, seed: int):
     return [
         ("data", data / "manifest.json", make_data),
         ("vq", out / "vq" / "final" / "config.json", lambda: train_vq("vq")),
-        ("vq2", vq / "config.json", lambda: train_vq("vq2", "--init", "vq/final", seed=seed + 1)),
+        ("vq2", out / "vq2" / "final" / "config.json", lambda: train_vq("vq2", "--init", "vq/final", seed=seed + 1)),
+        ("vq3", vq / "config.json", lambda: train_vq("vq3", "--init", "vq2/final", seed=seed + 2)),
         ("lm-init", out / "lm-init" / "config.json", lambda: build_initial_lm(data, out, seed)),
         ("prepare", out / "prep" / "video" / "list" / "train.json", prepare),
-        ("sft", out / "sft" / "final" / "config.json", sft),
+        ("sft", out / "sft" / "final" / "config.json", lambda: sft("sft", "lm-init")),
     ]
 
 
@@ -151,13 +159,13 @@ def export(out: Path, timings: dict, seed: int) -> None:
                  "tokenizer_config.json"):
         shutil.copy2(out / "sft" / "final" / name, lm / name)
     for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
-        shutil.copy2(out / "vq2" / "final" / name, vq / name)
+        shutil.copy2(out / "vq3" / "final" / name, vq / name)
     (lm / "generation_config.json").write_text(json.dumps(SETTINGS["generation"], indent=2) + "\n")
 
     def metrics(path: Path) -> list[dict]:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
-    vq_metrics = metrics(out / "vq" / "metrics.jsonl") + metrics(out / "vq2" / "metrics.jsonl")
+    vq_metrics = [m for stage in ("vq", "vq2", "vq3") for m in metrics(out / stage / "metrics.jsonl")]
     sft_metrics = metrics(out / "sft" / "metrics.jsonl")
     record = {
         "seed": seed,
@@ -191,6 +199,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="working directory of the run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--export", action="store_true", help="copy the result into packages/emu3-shapes")
+    parser.add_argument("--stop-after", choices=STAGES, default=None, help="end the run after this stage")
     parser.add_argument("--record-eval", type=Path, metavar="EVAL_JSON",
                         help="only put evaluate.py's scores into the exported training.json")
     args = parser.parse_args(argv)
@@ -204,12 +213,16 @@ def main(argv=None) -> int:
     for name, done, run in stages(out, args.seed):
         if done.is_file():
             print(f"{name}: done ({done})")
+            if name == args.stop_after:
+                break
             continue
         start = time.perf_counter()
         run()
         timings[name] = round(time.perf_counter() - start, 1)
         timings_path.write_text(json.dumps(timings, indent=2) + "\n")
         print(f"{name}: {timings[name]:.0f} s", flush=True)
+        if name == args.stop_after:
+            break
     print(f"total {sum(timings.values()):.0f} s: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     if args.export:
         export(out, timings, args.seed)

@@ -51,7 +51,8 @@ def test_scene_text_and_checks():
         "left", "left", "middle", "right", "right"]
     assert world.questions(scene) == [("What colour is the shape?", "red"), ("What shape is it?", "circle"),
                                       ("What colour is the background?", "blue"),
-                                      ("Where is the shape?", "left")]
+                                      ("Where is the shape?", "left"),
+                                      ("Describe the image.", "a red circle on a blue background")]
     with pytest.raises(ValueError, match="same colour"):
         Scene("circle", "red", "red", 20.0, 32.0, 32.0)
     with pytest.raises(ValueError, match="unknown shape"):

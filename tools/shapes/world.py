@@ -171,4 +171,6 @@ def questions(scene: Scene, image_size: int = IMAGE_SIZE) -> list[tuple[str, str
         ("What shape is it?", scene.shape),
         ("What colour is the background?", scene.background),
         ("Where is the shape?", scene.position(image_size)),
+        # the whole scene in one answer: more supervised tokens per image than a one-word answer
+        ("Describe the image.", scene.caption()),
     ]

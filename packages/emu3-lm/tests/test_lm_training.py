@@ -156,7 +156,8 @@ def test_chunked_loss_equals_unchunked(oracle, monkeypatch):
 
 
 def test_loss_is_the_mean_over_supervised_positions(oracle):
-    """Against a numpy cross-entropy of our own logits: the shift, the mask and the mean."""
+    """Against a numpy cross-entropy of our own logits: the shift, the mask and the mean; the
+    head's per-token weights."""
     ids, mask, labels = batch()
     model = ours_from(oracle)
     logits = model(ms.Tensor(ids), ms.Tensor(mask)).asnumpy().astype(np.float64)
@@ -167,6 +168,19 @@ def test_loss_is_the_mean_over_supervised_positions(oracle):
     want = ((lse - picked) * keep).sum() / keep.sum()
     got = float(model.loss(ms.Tensor(ids), ms.Tensor(labels), attention_mask=ms.Tensor(mask)).asnumpy())
     assert abs(got - want) <= 1e-5 * want
+    # per-token weights (a mixture's loss_weight): the head's sum becomes sum(w * ce), and its gradient w.r.t.
+    # the hidden states scales row by row
+    h = model.hidden_states(ms.Tensor(ids), ms.Tensor(mask))[:, :-1].reshape(-1, CFG.hidden_size)
+    w = np.random.default_rng(5).uniform(0.5, 3.0, target.size).astype(np.float32)
+    ce = ((lse - picked) * keep).reshape(-1)
+    weighted = float(model.head_loss(h, model.lm_head.weight, ms.Tensor(target.reshape(-1)), ms.Tensor(w)).asnumpy())
+    assert abs(weighted - (w * ce).sum()) <= 1e-5 * (w * ce).sum()
+    plain = model.head_loss(h, model.lm_head.weight, ms.Tensor(target.reshape(-1)))
+    ones = model.head_loss(h, model.lm_head.weight, ms.Tensor(target.reshape(-1)), ms.Tensor(np.ones_like(w)))
+    assert float(plain.asnumpy()) == float(ones.asnumpy())
+    grad = ms.grad(lambda x, y: model.head_loss(x, model.lm_head.weight, ms.Tensor(target.reshape(-1)), y))
+    g1, gw = grad(h, ms.Tensor(np.ones_like(w))).asnumpy(), grad(h, ms.Tensor(w)).asnumpy()
+    np.testing.assert_allclose(gw, g1 * w[:, None], rtol=1e-5, atol=1e-8)
     # nothing supervised: 0, not NaN
     none = np.full_like(labels, IGNORE_INDEX)
     assert float(model.loss(ms.Tensor(ids), ms.Tensor(none), attention_mask=ms.Tensor(mask)).asnumpy()) == 0.0

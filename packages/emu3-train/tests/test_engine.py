@@ -168,6 +168,73 @@ def test_three_steps_equal_transformers_and_torch_adamw(oracle_text_config):
     assert moved(theirs, init) > 1e-3
 
 
+ROW_WEIGHTS = np.array([1.0, 6.0, 0.5, 2.0], np.float32)  # a mixture's per-data-set loss weights, one per row
+
+
+def weighted(b) -> dict:
+    return {**b, "loss_weights": np.repeat(ROW_WEIGHTS[:len(b["labels"]), None], b["labels"].shape[1], 1)}
+
+
+@pytest.mark.parity
+def test_loss_weights_equal_torch_weighted_mean_and_accumulate(oracle_text_config):
+    """loss_weights: 3 steps equal torch's sum(w * ce) / sum(w) over the supervised tokens +
+    clip_grad_norm_ + AdamW; two micro-batches equal one; all-1 weights equal none, bit for bit."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf = transformers.Emu3ForCausalLM(oracle_text_config(CFG)).train()
+    init = weights()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            p.copy_(torch.tensor(init[name]))
+    decay = [p for n, p in hf.named_parameters() if not n.endswith("norm.weight")]
+    no_decay = [p for n, p in hf.named_parameters() if n.endswith("norm.weight")]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=LRS[0], betas=(0.9, 0.95), eps=1e-6, foreach=False)
+    b = weighted(batch())
+    ids = torch.tensor(b["input_ids"], dtype=torch.long)
+    target = torch.tensor(b["labels"][:, 1:], dtype=torch.long)
+    w = torch.tensor(b["loss_weights"][:, 1:]) * (target != -100)
+    one = TrainEngine(model_from(init), EngineConfig(clip_grad_norm=CLIP))
+    two = TrainEngine(model_from(init), EngineConfig(clip_grad_norm=CLIP, accumulate=2))
+    for step, lr in enumerate(LRS):
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad()
+        logits = hf(input_ids=ids, attention_mask=torch.tensor(b["attention_mask"])).logits[:, :-1]
+        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                               ignore_index=-100, reduction="none")
+        loss = (ce * w.reshape(-1)).sum() / w.sum()
+        loss.backward()
+        norm = float(torch.nn.utils.clip_grad_norm_(hf.parameters(), CLIP))
+        opt.step()
+        r1 = one.step([b], lr)
+        r2 = two.step([rows(b, 0, 2), rows(b, 2, 4)], lr)
+        print(f"\nstep {step}: weighted loss {r1.loss:.7f} / {r2.loss:.7f} vs torch {float(loss):.7f}, "
+              f"norm {r1.grad_norm:.7f} vs {norm:.7f}")
+        assert r1.tokens == r2.tokens == int((target != -100).sum())
+        for r in (r1, r2):
+            assert abs(r.loss - float(loss)) <= 1e-5 * float(loss)
+            assert abs(r.grad_norm - norm) <= 1e-5 * norm
+    theirs = {n: p.detach().numpy() for n, p in hf.named_parameters()}
+    err, name = worst(one.state_dict(), theirs)
+    err2, _ = worst(two.state_dict(), one.state_dict())
+    print(f"after {len(LRS)} weighted steps vs torch: worst weight {err:.2e} ({name}); "
+          f"2 micro-batches vs 1: {err2:.2e}")
+    assert err <= REL_TORCH and err2 <= REL_SAME
+    # not vacuous: the weights change the steps (the same batch unweighted ends elsewhere)
+    plain = TrainEngine(model_from(init), EngineConfig(clip_grad_norm=CLIP))
+    ones = TrainEngine(model_from(init), EngineConfig(clip_grad_norm=CLIP))
+    for lr in LRS:
+        plain.step([batch()], lr)
+        ones.step([{**batch(), "loss_weights": np.ones((4, 16), np.float32)}], lr)
+    assert worst(plain.state_dict(), one.state_dict())[0] > 100 * REL_TORCH
+    a, c = plain.state_dict(), ones.state_dict()
+    assert all(np.array_equal(a[k], c[k]) for k in a)  # all-1 weights: the plain mean, bit for bit
+    with pytest.raises(ValueError, match="loss_weights must be finite non-negative"):
+        plain.step([{**batch(), "loss_weights": -np.ones((4, 16), np.float32)}], LRS[0])
+
+
 def test_two_half_micro_batches_equal_one_full_batch():
     init, b = weights(), batch()
     whole = TrainEngine(model_from(init), EngineConfig(clip_grad_norm=CLIP))

@@ -26,6 +26,7 @@ def test_parse_data_spec():
     assert parse_data_spec("d/train.json,task=vqa") == DataSpec("d/train.json", "vqa", 1.0)
     assert parse_data_spec("d/train.json,weight=2.5,task=video") == DataSpec("d/train.json", "video", 2.5)
     assert parse_data_spec("a,b/train.json,weight=3") == DataSpec("a,b/train.json", None, 3.0)  # commas in paths
+    assert parse_data_spec("d.json,loss_weight=8,task=vqa") == DataSpec("d.json", "vqa", 1.0, 8.0)
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -34,6 +35,8 @@ def test_parse_data_spec():
     ("d.json,weight=-1", "weight must be a positive number"),
     ("d.json,weight=inf", "weight must be a positive number"),
     ("d.json,weight=heavy", "weight must be a positive number, got 'heavy'"),
+    ("d.json,loss_weight=0", "loss_weight must be a positive number, got '0'"),
+    ("d.json,loss_weight=nan", "loss_weight must be a positive number"),
     ("d.json,colour=red", "unknown option 'colour'"),
     ("d.json,task=t2i,task=vqa", "'task' given twice"),
     (",task=t2i", "no path"),
@@ -178,9 +181,9 @@ def test_sft_on_a_mixture_learns_and_resumes_bit_equal(assets, tmp_path, monkeyp
     assert seen == {"t2i", "vqa", "video"}
     state = json.loads((Path(whole.out) / "final" / "trainer_state.json").read_text())
     assert state["mixture"] == [
-        {"path": str(assets["t2i"].resolve()), "task": "t2i", "weight": 1.0},
-        {"path": str(assets["vqa"].resolve()), "task": "vqa", "weight": 1.0},
-        {"path": str(assets["video"].resolve()), "task": "video", "weight": 2.0}]
+        {"path": str(assets["t2i"].resolve()), "task": "t2i", "weight": 1.0, "loss_weight": 1.0},
+        {"path": str(assets["vqa"].resolve()), "task": "vqa", "weight": 1.0, "loss_weight": 1.0},
+        {"path": str(assets["video"].resolve()), "task": "video", "weight": 2.0, "loss_weight": 1.0}]
 
     cut = _config(assets, tmp_path / "cut")
     from emu3_train import engine as engine_module
@@ -208,6 +211,29 @@ def test_sft_on_a_mixture_learns_and_resumes_bit_equal(assets, tmp_path, monkeyp
     assert _metrics(cut.out) == [dict(a, seconds=b["seconds"]) for a, b in zip(m, _metrics(cut.out))]
     a, b = _weights(Path(whole.out) / "final"), _weights(Path(cut.out) / "final")
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_loss_weight_reaches_the_batches_and_the_record(assets, tmp_path):
+    """,loss_weight=X: every row of that data set carries X at each position, the micro-batches
+    keep them, the step's loss is the weighted mean (tests/test_engine.py checks it against torch),
+    and trainer_state.json records it; all 1 adds nothing to the batches."""
+    config = _config(assets, tmp_path / "w", steps=2, save_every=0,
+                     data=[f"{assets['t2i']},task=t2i", f"{assets['vqa']},loss_weight=4"])
+    specs = config.mixture()
+    from emu3_lm.tokenizer import Emu3Tokenizer
+    from emu3_train.sequences import SftDataset
+
+    tok = Emu3Tokenizer.from_pretrained(str(assets["model"]))
+    datasets = [SftDataset(d.path, tok, d.task, 64, seed=1) for d in specs]
+    mixture = trainer.SftMixture(datasets, seed=1, loss_weights=[d.loss_weight for d in specs])
+    (micro,) = trainer.rank_micro_batches(mixture, config, 0, 1, 0)
+    tasks = [datasets[k].task for k, _, _ in mixture.picks(0, config.batch_size)]
+    assert micro["loss_weights"].shape == micro["labels"].shape
+    assert [float(w[0]) for w in micro["loss_weights"]] == [4.0 if t == "vqa" else 1.0 for t in tasks]
+    assert "loss_weights" not in trainer.SftMixture(datasets, seed=1, loss_weights=[1, 1]).row((0, 0, 0))
+    trainer.train(config, progress=False)
+    state = json.loads((Path(config.out) / "final" / "trainer_state.json").read_text())
+    assert [d["loss_weight"] for d in state["mixture"]] == [1.0, 4.0]
 
 
 def test_sft_command_takes_several_data(assets, tmp_path):

@@ -41,12 +41,12 @@ class _FusedHeadLoss(nn.Cell):
         self.matmul = ops.MatMul()  # g W
         self.matmul_a = ops.MatMul(transpose_a=True)  # g^T h
 
-    def _chunk(self, h, w, labels):
+    def _chunk(self, h, w, labels, weights):
         """One chunk: its loss sum, d/dh [n, hidden] (h's dtype), d/dw [vocab, hidden] (fp32)."""
         logits = self.matmul_t(h.astype(w.dtype), w).astype(ms.float32)
         keep = (labels != IGNORE_INDEX).astype(ms.int32)
         target = labels * keep
-        weight = keep.astype(ms.float32)
+        weight = keep.astype(ms.float32) * weights  # x 1.0 is exact: unweighted sums are unchanged
         lse = ops.logsumexp(logits, -1, True)
         picked = ops.gather_elements(logits, 1, target.reshape(-1, 1)).reshape(-1)
         loss = ((lse.reshape(-1) - picked) * weight).sum()
@@ -57,28 +57,30 @@ class _FusedHeadLoss(nn.Cell):
         return loss, self.matmul(g.astype(w.dtype), w).astype(h.dtype), self.matmul_a(g, h.astype(ms.float32))
 
     # The chunks are unrolled (static bounds); tuples, not lists, carry them through the graph.
-    def construct(self, h, w, labels):
+    def construct(self, h, w, labels, weights):
         c = self.chunk
-        total, dh, dw = self._chunk(h[0:c], w, labels[0:c])
+        total, dh, dw = self._chunk(h[0:c], w, labels[0:c], weights[0:c])
         dhs = (dh,)
         for s in range(c, h.shape[0], c):
-            loss, dh, gw = self._chunk(h[s:s + c], w, labels[s:s + c])
+            loss, dh, gw = self._chunk(h[s:s + c], w, labels[s:s + c], weights[s:s + c])
             total = total + loss
             dhs = dhs + (dh,)
             dw = dw + gw
         return total, ops.concat(dhs, 0), dw.astype(w.dtype)
 
-    def bprop(self, h, w, labels, out, dout):
+    def bprop(self, h, w, labels, weights, out, dout):
         scale = dout[0]
-        return out[1] * scale.astype(out[1].dtype), out[2] * scale.astype(out[2].dtype), labels * 0
+        return (out[1] * scale.astype(out[1].dtype), out[2] * scale.astype(out[2].dtype), labels * 0,
+                weights * 0)
 
 
 class HeadCrossEntropy(nn.Cell):
     """sum over supervised rows of -log softmax(h W^T)[label], chunked, with its gradients.
 
-    construct(h [N, hidden], w [vocab, hidden], labels int32 [N]) -> 0-d fp32 sum; rows whose
-    label is IGNORE_INDEX contribute nothing (value or gradient). `chunk` tokens per chunk
-    (a compile-time constant; the chunks are unrolled in the graph).
+    construct(h [N, hidden], w [vocab, hidden], labels int32 [N], weights fp32 [N] or None) ->
+    0-d fp32 sum; rows whose label is IGNORE_INDEX contribute nothing (value or gradient); a
+    row's term is multiplied by its weight (None: all 1, the plain sum). `chunk` tokens per
+    chunk (a compile-time constant; the chunks are unrolled in the graph).
     """
 
     def __init__(self, chunk: int):
@@ -89,5 +91,7 @@ class HeadCrossEntropy(nn.Cell):
     def chunk(self) -> int:
         return self.fused.chunk
 
-    def construct(self, h, w, labels):
-        return self.fused(h, w, labels)[0]
+    def construct(self, h, w, labels, weights=None):
+        if weights is None:
+            weights = ops.ones(labels.shape, ms.float32)
+        return self.fused(h, w, labels, weights)[0]

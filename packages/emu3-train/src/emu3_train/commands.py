@@ -7,9 +7,11 @@
                  --steps N --batch-size B --max-length L [--nproc N] ...
   emu3 train vq --images DIR [--videos DIR] --out OUT [--config PRESET|config.json|DIR] ...
 
-SPEC is DIR/list/train.json, optionally followed by ,task=t2i|vqa|video and ,weight=W: several
---data train on a mixture, each sample drawn from data set k with probability proportional to
-its weight (default 1). The task is the spec's, else the one the list file records, else --task.
+SPEC is DIR/list/train.json, optionally followed by ,task=t2i|vqa|video, ,weight=W and
+,loss_weight=X: several --data train on a mixture, each sample drawn from data set k with
+probability proportional to its weight (default 1); each supervised token of data set k counts
+X times in the step's loss (a weighted mean; default 1). The task is the spec's, else the one
+the list file records, else --task.
 
 The prepare commands write DIR/feature/<name>.ckpt (one sample each: VQ codes and text) and,
 last, DIR/list/train.json, the file training reads: the format of BAAI's and mindone's
@@ -149,8 +151,10 @@ def _add_sft(sub) -> None:
     from .trainer import SftConfig as d  # its defaults; the module imports no MindSpore
 
     p.add_argument("--data", required=True, action="append", metavar="SPEC",
-                   help="DIR/list/train.json of a prepared data set, optionally with ,task=t2i|vqa|video and "
-                        ",weight=W (default 1); repeat for a mixture, sampled in proportion to the weights")
+                   help="DIR/list/train.json of a prepared data set, optionally with ,task=t2i|vqa|video, "
+                        ",weight=W (default 1) and ,loss_weight=X (default 1); repeat for a mixture, sampled "
+                        "in proportion to the weights, each data set's supervised tokens counting X times in "
+                        "the loss")
     p.add_argument("--model", metavar="DIR",
                    help="LM checkpoint directory to start from (default: the default model, emu3-shapes)")
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: --model)")

@@ -9,7 +9,10 @@
 The loss of a step is the mean next-token cross-entropy over every supervised token of the
 step (all micro-batches of all data-parallel ranks): each rank sums its tokens' losses and
 divides by the global count (AllReduced before the backward; transformers'
-`num_items_in_batch`), and gradients are summed over all ranks, never averaged. So N ranks
+`num_items_in_batch`), and gradients are summed over all ranks, never averaged. A micro-batch
+may carry "loss_weights" (fp32 [b, L], aligned with the labels): then the loss is the weighted
+mean, sum(w * ce) / sum(w) over the supervised tokens (a mixture weighs a task's tokens so;
+all weights 1 give the plain mean, bit for bit). So N ranks
 x k micro-batches compute the step of one process on the global batch (tests/test_parallel.py
 compares them after 3 steps).
 
@@ -85,7 +88,8 @@ class EngineConfig:
 
 @dataclass(frozen=True)
 class StepResult:
-    loss: float  # mean cross-entropy over the step's supervised tokens (all ranks), before the update
+    loss: float  # mean cross-entropy over the step's supervised tokens (all ranks; weighted when the
+    # micro-batches carry loss_weights), before the update
     grad_norm: float  # global 2-norm of the gradient before clipping (inf/nan on overflow)
     tokens: int  # supervised tokens of the step, all ranks
     skipped: bool  # update skipped (overflow under loss scaling)
@@ -166,18 +170,19 @@ class TrainEngine:
         model, zopt, all_reduce = self.model, self.zero, self._all_reduce
         max_norm = float(self.config.clip_grad_norm)
 
-        def forward(input_ids, labels, attention_mask, positions, count, scale):
+        def forward(input_ids, labels, attention_mask, positions, weights, count, scale):
             mask = mask_spec(slots(attention_mask.shape[1]), attention_mask, None)  # the whole sequence
             h = model.model(input_ids, mask, positions)
             b, n, width = h.shape
-            total = model.head_loss(h.reshape(b * n, width), zero.head_weight(model), labels.reshape(-1))
+            total = model.head_loss(h.reshape(b * n, width), zero.head_weight(model), labels.reshape(-1),
+                                    weights.reshape(-1))
             return total / count * scale, total
 
         grad_fn = ms.value_and_grad(forward, None, zopt.model_params, has_aux=True)
 
         @ms.jit
-        def micro_step(input_ids, labels, attention_mask, positions, count, scale):
-            (_, total), grads = grad_fn(input_ids, labels, attention_mask, positions, count, scale)
+        def micro_step(input_ids, labels, attention_mask, positions, weights, count, scale):
+            (_, total), grads = grad_fn(input_ids, labels, attention_mask, positions, weights, count, scale)
             zopt.accumulate(grads)
             return total
 
@@ -218,7 +223,14 @@ class TrainEngine:
             if a.ndim != 2 or a.shape != shape:
                 raise ValueError(f"micro-batch {i}: {key} has shape {a.shape}; every array must be [b, L] "
                                  f"like input_ids {shape}")
-        return sequence_parallel.split_batch(*arrays, self.sp_size, self.sp_rank)
+        weights = batch.get("loss_weights")
+        if weights is not None:
+            weights = np.asarray(weights)
+            if weights.shape != shape or weights.dtype.kind != "f" or not (np.isfinite(weights).all()
+                                                                           and (weights >= 0).all()):
+                raise ValueError(f"micro-batch {i}: loss_weights must be finite non-negative floats of shape "
+                                 f"{shape}, got {weights.dtype} {weights.shape}")
+        return sequence_parallel.split_batch(*arrays, self.sp_size, self.sp_rank, loss_weights=weights)
 
     def step(self, micro_batches, lr: float) -> StepResult:
         """One optimiser step over `accumulate` micro-batches of this data-parallel rank's rows
@@ -231,12 +243,20 @@ class TrainEngine:
         local = [self._local(batch, i) for i, batch in enumerate(micro_batches)]
         mine = sum(int((m["labels"] != IGNORE_INDEX).sum()) for m in local)
         tokens = self._count_over_world(mine)
-        count = Tensor(np.float32(max(tokens, 1)))
+        weighted = any("loss_weights" in b for b in micro_batches)
+        if weighted:  # the sum of the supervised tokens' weights (float: exact only to float32)
+            mass = sum(float(m["loss_weights"][m["labels"] != IGNORE_INDEX].astype(np.float64).sum())
+                       for m in local)
+            denominator = float(self._sum(Tensor(np.array([mass], np.float32))).asnumpy()[0])
+        else:
+            denominator = float(tokens)
+        count = Tensor(np.float32(max(denominator, 1e-12) if weighted else max(tokens, 1)))
         scale = Tensor(np.float32(self._scale))
         totals = []  # each micro-batch's summed loss, left on the device (no wait between micro-batches)
         for m in local:
             totals.append(self._micro_step(Tensor(m["input_ids"]), Tensor(m["labels"]),
-                                           Tensor(m["attention_mask"]), Tensor(m["positions"]), count, scale))
+                                           Tensor(m["attention_mask"]), Tensor(m["positions"]),
+                                           Tensor(m["loss_weights"]), count, scale))
         grads, norm, bad, loss = self._reduce(Tensor(np.float32(1.0 / self._scale)), ms.mutable(tuple(totals)))
         used_scale = self._scale
         skipped = self.scaling and float(bad.asnumpy()) > 0
@@ -245,7 +265,8 @@ class TrainEngine:
             if self.config.zero_stage in (1, 2):
                 self._publish()
         self._update_scale(skipped)
-        return StepResult(loss=float(loss.asnumpy()) / max(tokens, 1), grad_norm=float(norm.asnumpy()),
+        mean = float(loss.asnumpy()) / (max(denominator, 1e-12) if weighted else max(tokens, 1))
+        return StepResult(loss=mean, grad_norm=float(norm.asnumpy()),
                           tokens=tokens, skipped=skipped, loss_scale=used_scale)
 
     def _count_over_world(self, count: int) -> int:

@@ -81,20 +81,29 @@ def positions(attention_mask: np.ndarray) -> np.ndarray:
     return np.maximum(np.cumsum(attention_mask.astype(np.int64), axis=1) - 1, 0).astype(np.int32)
 
 
+def _shift(a: np.ndarray, fill) -> np.ndarray:
+    shifted = np.full_like(a, fill)
+    shifted[:, :-1] = a[:, 1:]
+    return shifted
+
+
 def shift_labels(labels: np.ndarray) -> np.ndarray:
     """labels [B, L] unshifted -> the label each position predicts (labels[:, t+1]; the last none)."""
-    shifted = np.full_like(labels, IGNORE_INDEX)
-    shifted[:, :-1] = labels[:, 1:]
-    return shifted.astype(np.int32)
+    return _shift(np.asarray(labels), IGNORE_INDEX).astype(np.int32)
 
 
-def split_batch(input_ids, labels, attention_mask, size: int, rank: int) -> dict[str, np.ndarray]:
+def split_batch(input_ids, labels, attention_mask, size: int, rank: int,
+                loss_weights=None) -> dict[str, np.ndarray]:
     """One rank's share of a right-padded batch of full sequences [B, L] (L % size == 0):
 
     input_ids, positions, shifted labels of positions [rank*L/size, (rank+1)*L/size), and the
     whole attention_mask (the attention core sees every key). size 1: the whole sequence.
+    `loss_weights` (fp32 [B, L], aligned with the unshifted labels; None: all 1) are shifted and
+    split as the labels.
     """
     input_ids, labels, attention_mask = (np.asarray(a) for a in (input_ids, labels, attention_mask))
+    if loss_weights is None:
+        loss_weights = np.ones(labels.shape, np.float32)
     n = input_ids.shape[1]
     if n % size:
         raise ValueError(f"sequence length {n} is not divisible by sequence_parallel {size}")
@@ -102,6 +111,7 @@ def split_batch(input_ids, labels, attention_mask, size: int, rank: int) -> dict
     return {
         "input_ids": np.ascontiguousarray(input_ids[:, lo:hi], dtype=np.int32),
         "labels": np.ascontiguousarray(shift_labels(labels)[:, lo:hi]),
+        "loss_weights": np.ascontiguousarray(_shift(np.asarray(loss_weights, np.float32), 0.0)[:, lo:hi]),
         "positions": np.ascontiguousarray(positions(attention_mask)[:, lo:hi]),
         "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int32),
     }

@@ -48,30 +48,36 @@ DTYPES = ("fp32", "fp16", "bf16")
 _RESUME_KEYS = ("steps", "batch_size", "max_length", "lr", "min_lr", "warmup_steps",
                 "weight_decay", "clip_grad_norm", "accumulate", "null_prompt_prob", "freeze_layers",
                 "dtype", "dropout", "seed")
-_SPEC_KEYS = ("task", "weight")
+_SPEC_KEYS = ("task", "weight", "loss_weight")
 
 
 @dataclass(frozen=True)
 class DataSpec:
-    """One data set of a run: its list file, its task and its weight in the mixture."""
+    """One data set of a run: its list file, its task, its weight in the mixture and the weight
+    of its supervised tokens in the loss."""
 
     path: str  # DIR/list/train.json
     task: str | None = None  # None: the list file's recorded task, else --task
     weight: float = 1.0  # sampling weight (relative)
+    # each supervised token of this data counts this many times in the step's weighted mean loss:
+    # a task with short answers (VQA: a word against an image's 72 visual tokens) gets a say
+    loss_weight: float = 1.0
 
     def record(self) -> dict:
         """What trainer_state.json records (the path made absolute)."""
-        return {"path": str(Path(self.path).resolve()), "task": self.task, "weight": self.weight}
+        return {"path": str(Path(self.path).resolve()), "task": self.task, "weight": self.weight,
+                "loss_weight": self.loss_weight}
 
 
 def parse_data_spec(spec: str) -> DataSpec:
-    """`PATH` or `PATH,task=T,weight=W` (each key optional, in any order) -> DataSpec.
+    """`PATH` or `PATH,task=T,weight=W,loss_weight=X` (each key optional, in any order) -> DataSpec.
 
     Options are read from the right, as long as a comma-separated part looks like `key=value`,
     so a path may itself hold commas. ValueError naming the spec for an unknown key, a repeated
-    one, a task not in TASKS, a weight that is not a positive finite number, or no path."""
+    one, a task not in TASKS, a weight or loss_weight that is not a positive finite number, or
+    no path."""
     if not isinstance(spec, str):
-        raise ValueError(f"--data must be a string PATH[,task=T][,weight=W], got {spec!r}")
+        raise ValueError(f"--data must be a string PATH[,task=T][,weight=W][,loss_weight=X], got {spec!r}")
     path, options = spec, {}
     while "," in path:
         head, _, part = path.rpartition(",")
@@ -90,15 +96,18 @@ def parse_data_spec(spec: str) -> DataSpec:
     task = options.get("task")
     if task is not None and task not in TASKS:
         raise ValueError(f"--data {spec!r}: task must be one of {', '.join(TASKS)}, got {task!r}")
-    weight = 1.0
-    if "weight" in options:
+    numbers = {}
+    for key in ("weight", "loss_weight"):
+        if key not in options:
+            continue
         try:
-            weight = float(options["weight"])
+            value = float(options[key])
         except ValueError:
-            weight = float("nan")
-        if not (math.isfinite(weight) and weight > 0):
-            raise ValueError(f"--data {spec!r}: weight must be a positive number, got {options['weight']!r}")
-    return DataSpec(path=path, task=task, weight=weight)
+            value = float("nan")
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"--data {spec!r}: {key} must be a positive number, got {options[key]!r}")
+        numbers[key] = value
+    return DataSpec(path=path, task=task, **numbers)
 
 
 @dataclass
@@ -318,22 +327,33 @@ class MixtureOrder:
 
 class SftMixture:
     """Several `SftDataset`s sampled as one stream (`MixtureOrder`); rows of any task share a
-    batch (all are padded to the same max_length)."""
+    batch (all are padded to the same max_length). With `loss_weights` (one per data set, not
+    all 1) each row carries "loss_weights", its data set's weight at every position."""
 
-    def __init__(self, datasets, weights=None, seed: int = 0):
+    def __init__(self, datasets, weights=None, seed: int = 0, loss_weights=None):
         self.datasets = list(datasets)
         lengths = {d.max_length for d in self.datasets}
         if len(lengths) != 1:
             raise ValueError(f"the data sets of a mixture must share max_length, got {sorted(lengths)}")
         self.weights = [1.0] * len(self.datasets) if weights is None else [float(w) for w in weights]
         self.order = MixtureOrder(seed, [len(d) for d in self.datasets], self.weights)
+        if loss_weights is not None:
+            loss_weights = [float(w) for w in loss_weights]
+            if len(loss_weights) != len(self.datasets) or not all(math.isfinite(w) and w > 0 for w in loss_weights):
+                raise ValueError(f"loss_weights must be positive, one per data set, got {loss_weights}")
+            if all(w == 1.0 for w in loss_weights):
+                loss_weights = None  # the plain mean, as without
+        self.loss_weights = loss_weights
 
     def picks(self, start: int, count: int) -> list[tuple[int, int, int]]:
         return self.order.picks(start, count)
 
     def row(self, pick) -> dict:
         k, index, epoch = pick
-        return self.datasets[k].batch([index], epoch)
+        row = self.datasets[k].batch([index], epoch)
+        if self.loss_weights is not None:
+            row["loss_weights"] = np.full(row["labels"].shape, self.loss_weights[k], np.float32)
+        return row
 
     def task_tokens(self, start: int, count: int) -> dict:
         """Supervised tokens per task of positions start .. start+count-1 (after `validate`)."""
@@ -358,11 +378,11 @@ def rank_micro_batches(dataset, config: SftConfig, step: int, dp_size: int, dp_r
     micro = per_rank // config.accumulate
     picks = mixture.picks(step * config.batch_size + dp_rank * per_rank, per_rank)
     rows = [mixture.row(pick) for pick in picks]
+    keys = [key for key in ("input_ids", "labels", "attention_mask", "loss_weights") if key in rows[0]]
     out = []
     for k in range(config.accumulate):
         part = rows[k * micro:(k + 1) * micro]
-        out.append({key: np.concatenate([r[key] for r in part]) for key in ("input_ids", "labels",
-                                                                             "attention_mask")})
+        out.append({key: np.concatenate([r[key] for r in part]) for key in keys})
     return out
 
 
@@ -427,14 +447,15 @@ def _resume_point(config: SftConfig, out: Path, mixture: list[DataSpec]):
             raise ValueError(f"--resume: --{key.replace('_', '-')} is {getattr(config, key)!r} but the run in "
                              f"{out} used {saved[key]!r}")
     ours = _mixture_record(mixture)
-    if "mixture" in state:
-        theirs = state["mixture"]
+    if "mixture" in state:  # runs recorded before loss weights had all 1
+        theirs = [{**d, "loss_weight": d.get("loss_weight", 1.0)} for d in state["mixture"]]
     else:  # a run recorded before mixtures: one data file and --task
         theirs = [{"path": str(Path(saved.get("data", "")).resolve()), "task": saved.get("task"),
-                   "weight": 1.0}]
+                   "weight": 1.0, "loss_weight": 1.0}]
     if theirs != ours:
         def show(m):
-            return " ".join(f"{d['path']},task={d['task']},weight={d['weight']:g}" for d in m)
+            return " ".join(f"{d['path']},task={d['task']},weight={d['weight']:g},loss_weight={d['loss_weight']:g}"
+                            for d in m)
         raise ValueError(f"--resume: --data is {show(ours)} but the run in {out} used {show(theirs)}")
     return ckpt, state
 
@@ -467,7 +488,8 @@ def train(config: SftConfig, progress: bool = True) -> dict:
                            null_prompt_prob=config.null_prompt_prob, seed=config.seed) for d in specs]
     for d in datasets:
         d.validate()
-    dataset = SftMixture(datasets, [d.weight for d in specs], seed=config.seed)
+    dataset = SftMixture(datasets, [d.weight for d in specs], seed=config.seed,
+                         loss_weights=[d.loss_weight for d in specs])
 
     import mindspore as ms
 
