@@ -50,9 +50,9 @@ SETTINGS = {
            "num_key_value_heads": 2, "max_position_embeddings": 512},
     # sampling weights, and loss weights: a VQA answer is ~3 supervised tokens against an image's 72
     # visual tokens, so unweighted the answers were ~3% of the loss and the LM learnt only the background
-    "sft": {"steps": 1200, "batch_size": 16, "max_length": 168, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 50,
+    "sft": {"steps": 1400, "batch_size": 16, "max_length": 168, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 50,
             "weight_decay": 0.1, "clip_grad_norm": 1.0, "null_prompt_prob": 0.1,
-            "weights": {"t2i": 2, "vqa": 2, "video": 1}, "loss_weights": {"t2i": 1, "vqa": 16, "video": 1}},
+            "weights": {"t2i": 2, "vqa": 2, "video": 1}, "loss_weights": {"t2i": 1, "vqa": 32, "video": 1}},
     # the pipeline's defaults for this model (generation_config.json)
     "generation": {"guidance_scale": 2.0, "top_k": 8, "top_p": 1.0, "temperature": 1.0, "negative_prompt": "",
                    "positive_prompt_suffix": "", "max_new_tokens": 16, "do_sample": False},
@@ -187,7 +187,8 @@ def record_eval(eval_json: Path) -> None:
     record = json.loads((EXPORT / "training.json").read_text())
     record["vqa_accuracy"] = {"colour": vqa["What colour is the shape?"], "shape": vqa["What shape is it?"],
                               "background": vqa["What colour is the background?"],
-                              "position": vqa["Where is the shape?"], "images": vqa["n_images"]}
+                              "position": vqa["Where is the shape?"], "describe": vqa["Describe the image."],
+                              "images": vqa["n_images"]}
     record["t2i_accuracy"] = {k.removesuffix("_accuracy"): v for k, v in report["t2i"].items()}
     record["video"] = report["video"]
     (EXPORT / "training.json").write_text(json.dumps(record, indent=1) + "\n")

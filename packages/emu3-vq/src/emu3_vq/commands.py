@@ -5,7 +5,8 @@ whose frame count must be a multiple of the temporal factor (4). Codes are .npy 
 for an image, [T/4, h, w] for a video. Images decode to PNG, videos to a GIF plus one PNG
 per frame (--video-format: any of gif, mp4, frames). MP4 needs the extra `video`
 (pip install 'emu3-vq[video]'). --model is a checkpoint directory or a hub repo id (org/name);
-without it the embedded untrained demo model is used.
+without it the default model's vision tokenizer (emu3-shapes, when installed), else a tiny one
+with random weights, with a note saying so.
 
 Every option, every input (read whole) and every output is checked before the model is
 loaded (a hub repo id: before its weights are, once its config is known) or a file written;
