@@ -121,8 +121,8 @@ def test_one_step_equals_value_and_grad_clip_adamw_by_hand():
     assert int(state["step"]) == 1
 
 
-@pytest.mark.parity
-def test_three_steps_equal_transformers_and_torch_adamw(oracle_text_config):
+def torch_twin(oracle_text_config):
+    """transformers' Emu3ForCausalLM with `weights()` and torch's AdamW with our groups and settings."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
@@ -135,6 +135,13 @@ def test_three_steps_equal_transformers_and_torch_adamw(oracle_text_config):
     no_decay = [p for n, p in hf.named_parameters() if n.endswith("norm.weight")]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=LRS[0], betas=(0.9, 0.95), eps=1e-6, foreach=False)
+    return hf, opt, init
+
+
+@pytest.mark.parity
+def test_three_steps_equal_transformers_and_torch_adamw(oracle_text_config):
+    torch = pytest.importorskip("torch")
+    hf, opt, init = torch_twin(oracle_text_config)
     engine = TrainEngine(model_from(init), EngineConfig(clip_grad_norm=CLIP))
     b = batch()
     inputs = {"input_ids": torch.tensor(b["input_ids"], dtype=torch.long),
@@ -180,17 +187,7 @@ def test_loss_weights_equal_torch_weighted_mean_and_accumulate(oracle_text_confi
     """loss_weights: 3 steps equal torch's sum(w * ce) / sum(w) over the supervised tokens +
     clip_grad_norm_ + AdamW; two micro-batches equal one; all-1 weights equal none, bit for bit."""
     torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    hf = transformers.Emu3ForCausalLM(oracle_text_config(CFG)).train()
-    init = weights()
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            p.copy_(torch.tensor(init[name]))
-    decay = [p for n, p in hf.named_parameters() if not n.endswith("norm.weight")]
-    no_decay = [p for n, p in hf.named_parameters() if n.endswith("norm.weight")]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=LRS[0], betas=(0.9, 0.95), eps=1e-6, foreach=False)
+    hf, opt, init = torch_twin(oracle_text_config)
     b = weighted(batch())
     ids = torch.tensor(b["input_ids"], dtype=torch.long)
     target = torch.tensor(b["labels"][:, 1:], dtype=torch.long)
