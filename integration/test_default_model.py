@@ -5,8 +5,8 @@ default model (no model named anywhere, as a user on a fresh machine would), and
 answer back with `tools/shapes/measure.py`. The thresholds are below what the recipe's own
 evaluation measured (docs/shapes.md), with room for the smaller samples here; they fail on an
 untrained model by a wide margin (its images are noise, its answers random words). What the
-model does not do reliably yet (the shape and its colour, the motion of a video) is measured in
-docs/shapes.md and not asserted.
+model does not do reliably yet (drawing or naming the shape, the motion of a video) is measured
+in docs/shapes.md and not asserted.
 
 Tests marked `accelerator` repeat the checks with the device's fast kernels and compare with
 the CPU; they skip where MindSpore finds no GPU or Ascend device.
@@ -69,12 +69,14 @@ def test_vq_round_trip_keeps_colours_and_shapes():
         got = evaluate.read(image)
         colours += (got.background, got.colour) == (scene.background, scene.colour)
         shapes += got.shape == scene.shape
+    print(f"\nVQ round trip on 24 new scenes: colours {colours}, shape {shapes}")
     assert colours >= 22, f"{colours}/24 reconstructions keep both colours"
-    # the tokenizer blurs corners (59-67% of shapes read back on held-out images): above chance (8/24)
-    assert shapes >= 11, f"{shapes}/24 reconstructions keep their shape"
+    # the tokenizer rounds corners (74% of shapes read back on 200 held-out images, 17/24 here):
+    # well above chance (8/24)
+    assert shapes >= 14, f"{shapes}/24 reconstructions keep their shape"
 
 
-def test_text_to_image_draws_the_asked_background(pipe):
+def test_text_to_image_draws_the_asked_colours(pipe):
     combos = [("red", "circle", "blue"), ("green", "square", "white"), ("blue", "triangle", "yellow"),
               ("yellow", "circle", "green"), ("white", "square", "red"), ("red", "triangle", "green"),
               ("blue", "square", "red"), ("green", "circle", "yellow"), ("white", "triangle", "blue"),
@@ -82,24 +84,33 @@ def test_text_to_image_draws_the_asked_background(pipe):
     summary, rows = evaluate.score_t2i(pipe, combos, seed=100)
     for row in rows:
         assert row["image"].size == (SIZE, SIZE)
-    # the background covers most of the picture, in the colour asked (measured 95% on all 60
-    # prompts; an untrained model draws noise). The shape's colour and shape are not reliable
-    # yet (63% and 38% on the 60 prompts, docs/shapes.md): not asserted.
-    assert summary["background_accuracy"] >= 10 / 12, summary
+    # the background covers most of the picture, in the colour asked, and the shape's colour is
+    # the asked one (100% and 98% on all 60 prompts; an untrained model draws noise). The shape
+    # drawn is a rounded blob, read back as the asked shape at chance (docs/shapes.md): not asserted.
+    print("\ntext-to-image on 12 prompts:", summary)
+    assert summary["background_accuracy"] >= 11 / 12, summary
+    assert summary["colour_accuracy"] >= 9 / 12, summary  # 10/12 measured here
     assert np.median([r["background_fraction"] for r in rows]) > 0.5
 
 
-def test_vqa_names_background_and_position_of_new_images(pipe):
-    """Measured on 100 held-out images: background 100%, position 78%; the shape's colour and
-    shape are at chance (docs/shapes.md) and not asserted."""
+def test_vqa_names_colours_shape_and_position_of_new_images(pipe):
+    """Measured on 100 held-out images (docs/shapes.md): the shape's colour 99%, the background
+    100%, the position 85% (78% of those images have the shape in the middle third)."""
     scenes = _scenes(30, 1)
-    background = position = 0
+    right = {"colour": 0, "shape": 0, "background": 0, "position": 0}
     for scene in scenes:
         image = world.draw(scene, SIZE)
-        background += pipe.answer(image, "What colour is the background?").text.strip() == scene.background
-        position += pipe.answer(image, "Where is the shape?").text.strip() == scene.position(SIZE)
-    assert background >= 27, f"background right on {background}/30"
-    assert position >= 18, f"position right on {position}/30 (chance: 10)"
+        asked = {"colour": ("What colour is the shape?", scene.colour),
+                 "shape": ("What shape is it?", scene.shape),
+                 "background": ("What colour is the background?", scene.background),
+                 "position": ("Where is the shape?", scene.position(SIZE))}
+        for key, (question, truth) in asked.items():
+            right[key] += pipe.answer(image, question).text.strip() == truth
+    print("\nVQA on 30 new images:", right)
+    assert right["colour"] >= 27, f"shape colour right on {right['colour']}/30 (chance: 6)"
+    assert right["background"] >= 27, f"background right on {right['background']}/30"
+    assert right["position"] >= 20, f"position right on {right['position']}/30 (chance: 10)"
+    # the shape: 47% on the held-out images, 11/30 here (chance 10): not asserted (docs/shapes.md)
 
 
 def test_video_continuation_keeps_the_scene(pipe):

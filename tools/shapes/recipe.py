@@ -207,7 +207,7 @@ def record_eval(eval_json: Path) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, type=Path, help="working directory of the run")
+    parser.add_argument("--out", type=Path, help="working directory of the run (needed but with --record-eval)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--export", action="store_true", help="copy the result into packages/emu3-shapes")
     parser.add_argument("--stop-after", choices=STAGES, default=None, help="end the run after this stage")
@@ -217,6 +217,8 @@ def main(argv=None) -> int:
     if args.record_eval:
         record_eval(args.record_eval)
         return 0
+    if args.out is None:
+        parser.error("--out is required")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     timings_path = out / "timings.json"
