@@ -138,17 +138,21 @@ def t2i_grid(rows: list, path: Path, scale: int = 3) -> None:
     sheet.save(path)
 
 
-def vqa_examples(data: Path, rows: list, path: Path, n: int = 6, scale: int = 4) -> None:
-    cell = 32 * scale
+def vqa_examples(data: Path, rows: list, path: Path, n: int = 6, scale: int = 4, columns: int = 3) -> None:
+    """`n` held-out images with every question and the model's answer (green right, red wrong)."""
+    cell, text = 32 * scale, 250
     images = list(dict.fromkeys(r["image"] for r in rows))[:n]
-    sheet = Image.new("RGB", (n * (cell + 170), cell + 70), (255, 255, 255))
+    asked = max(sum(r["image"] == name for r in rows) for name in images)
+    height = max(cell, 30 * asked) + 12
+    lines = -(-len(images) // columns)
+    sheet = Image.new("RGB", (columns * (cell + text), lines * height), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     for i, name in enumerate(images):
-        x = i * (cell + 170) + 4
-        sheet.paste(Image.open(data / "heldout" / name).convert("RGB").resize((cell, cell), Image.NEAREST), (x, 4))
+        x, y = (i % columns) * (cell + text) + 4, (i // columns) * height + 4
+        sheet.paste(Image.open(data / "heldout" / name).convert("RGB").resize((cell, cell), Image.NEAREST), (x, y))
         for j, r in enumerate(r for r in rows if r["image"] == name):
-            _label(draw, (x + cell + 6, 4 + 30 * j), r["question"][:24], fill=(80, 80, 80))
-            _label(draw, (x + cell + 6, 16 + 30 * j), r["answer"], fill=(0, 120, 0) if r["ok"] else (200, 0, 0))
+            _label(draw, (x + cell + 6, y + 30 * j), r["question"], fill=(80, 80, 80))
+            _label(draw, (x + cell + 6, y + 12 + 30 * j), r["answer"], fill=(0, 120, 0) if r["ok"] else (200, 0, 0))
     sheet.save(path)
 
 
