@@ -201,7 +201,8 @@ def test_dataset_formats(dataset):
     assert captions[0]["image"] == "images/00000.png"
 
     vqa = json.loads((out / "vqa.json").read_text())
-    assert len(vqa) == 30 * 4 and len({r["id"] for r in vqa}) == len(vqa)
+    assert len(vqa) == 30 * len(world.questions(world.Scene("circle", "red", "blue", 20.0, 32.0, 32.0)))
+    assert len({r["id"] for r in vqa}) == len(vqa)
     for r in vqa:
         human, gpt = r["conversations"]
         assert human["from"] == "human" and human["value"].startswith("<image>\n")
@@ -214,6 +215,7 @@ def test_dataset_formats(dataset):
     assert answers["What colour is the shape?"] == first.colour
     assert answers["What shape is it?"] == first.shape
     assert answers["What colour is the background?"] == first.background
+    assert answers["Describe the image."] == f"a {first.colour} {first.shape} on a {first.background} background"
 
     videos = [json.loads(line) for line in (out / "videos.jsonl").read_text().splitlines()]
     assert len(videos) == 6
