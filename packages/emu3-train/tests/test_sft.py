@@ -152,6 +152,24 @@ def test_final_checkpoint_loads_and_holds_the_run(assets, tmp_path):
     assert all(24 <= r["tokens"] <= 32 for r in m)
 
 
+def test_generation_config_of_the_start_is_kept(assets, tmp_path):
+    """The starting model's generation_config.json (its pipeline defaults) travels to every
+    checkpoint unchanged; a start without one gives checkpoints without one."""
+    import shutil
+
+    start = tmp_path / "start"
+    shutil.copytree(assets["model"], start)
+    (start / "generation_config.json").write_text('{"guidance_scale": 2.0, "negative_prompt": ""}\n')
+    config = sft_config(assets, tmp_path / "out", model=str(start), steps=2, save_every=1)
+    trainer.train(config, progress=False)
+    for name in ("checkpoint-1", "final"):
+        kept = Path(config.out) / name / "generation_config.json"
+        assert kept.read_bytes() == (start / "generation_config.json").read_bytes()
+    plain = sft_config(assets, tmp_path / "plain", steps=1)
+    trainer.train(plain, progress=False)
+    assert not (Path(plain.out) / "final" / "generation_config.json").exists()
+
+
 class Interrupt(Exception):
     pass
 

@@ -386,6 +386,19 @@ def rank_micro_batches(dataset, config: SftConfig, step: int, dp_size: int, dp_r
     return out
 
 
+GENERATION_CONFIG = "generation_config.json"
+
+
+def _generation_config(model) -> bytes | None:
+    """The starting model's generation_config.json (its pipeline defaults, e.g. the default
+    model's empty negative prompt), to keep beside the fine-tuned weights; None when it has none."""
+    from emu3_vq import defaults, hub
+
+    folder = defaults.lm_dir() if model is None else hub.resolve(model, [GENERATION_CONFIG], required=())
+    path = Path(folder) / GENERATION_CONFIG
+    return path.read_bytes() if path.is_file() else None
+
+
 def _load_model(path, config: SftConfig):
     from emu3_lm.model import Emu3ForCausalLM
     from emu3_vq.device import resolve_dtype
@@ -484,6 +497,7 @@ def train(config: SftConfig, progress: bool = True) -> dict:
     specs = config.mixture()
     ckpt, state = _resume_point(config, out, specs)
     tokenizer = Emu3Tokenizer.from_pretrained(config.tokenizer or config.model)
+    generation = _generation_config(config.model)
     datasets = [SftDataset(d.path, tokenizer, d.task, config.max_length,
                            null_prompt_prob=config.null_prompt_prob, seed=config.seed) for d in specs]
     for d in datasets:
@@ -543,20 +557,22 @@ def train(config: SftConfig, progress: bool = True) -> dict:
                 bar.update(1)
             done = step + 1
             if config.save_every and done % config.save_every == 0 and done < config.steps:
-                save(engine, model, tokenizer, config, out / checkpoints.checkpoint_name(done), done, last, specs)
+                save(engine, model, tokenizer, config, out / checkpoints.checkpoint_name(done), done, last, specs,
+                     generation)
     finally:
         if bar is not None:
             bar.close()
-    final = save(engine, model, tokenizer, config, out / checkpoints.FINAL, config.steps, last, specs)
+    final = save(engine, model, tokenizer, config, out / checkpoints.FINAL, config.steps, last, specs, generation)
     return {"steps": config.steps, "resumed_from": start, "final": str(final),
             "last": None if last is None else dataclasses.asdict(last)}
 
 
 def save(engine, model, tokenizer, config: SftConfig, target: Path, step: int, last,
-         mixture: list[DataSpec] | None = None) -> Path:
+         mixture: list[DataSpec] | None = None, generation: bytes | None = None) -> Path:
     """Write a checkpoint directory (collective: every process calls it; process 0 writes).
     trainer_state.json records the step, the settings, the mixture (each data set's absolute
-    path, task and weight) and the last metrics."""
+    path, task and weight) and the last metrics; `generation` is the starting model's
+    generation_config.json, kept as it was."""
     from emu3_lm.checkpoint import save_arrays
 
     weights = engine.state_dict()  # gathered across processes
@@ -567,6 +583,8 @@ def save(engine, model, tokenizer, config: SftConfig, target: Path, step: int, l
     def write(tmp: Path):
         save_arrays(model.config, weights, tmp, layout="original", dtype=model.dtype)
         tokenizer.save_pretrained(tmp)
+        if generation is not None:
+            (tmp / GENERATION_CONFIG).write_bytes(generation)
         checkpoints.write_optimizer_state(tmp, optimizer)
         checkpoints.write_json(tmp / checkpoints.STATE_FILE, {
             "step": int(step), "config": dataclasses.asdict(config),
