@@ -394,7 +394,10 @@ def _generation_config(model) -> bytes | None:
     model's empty negative prompt), to keep beside the fine-tuned weights; None when it has none."""
     from emu3_vq import defaults, hub
 
-    folder = defaults.lm_dir() if model is None else hub.resolve(model, [GENERATION_CONFIG], required=())
+    try:
+        folder = defaults.lm_dir() if model is None else hub.resolve(model, [GENERATION_CONFIG], required=())
+    except FileNotFoundError:  # a hub model offline without this optional file cached
+        return None
     path = Path(folder) / GENERATION_CONFIG
     return path.read_bytes() if path.is_file() else None
 
