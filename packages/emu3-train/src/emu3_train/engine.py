@@ -9,12 +9,11 @@
 The loss of a step is the mean next-token cross-entropy over every supervised token of the
 step (all micro-batches of all data-parallel ranks): each rank sums its tokens' losses and
 divides by the global count (AllReduced before the backward; transformers'
-`num_items_in_batch`), and gradients are summed over all ranks, never averaged. A micro-batch
-may carry "loss_weights" (fp32 [b, L], aligned with the labels): then the loss is the weighted
-mean, sum(w * ce) / sum(w) over the supervised tokens (a mixture weighs a task's tokens so;
-all weights 1 give the plain mean, bit for bit). So N ranks
+`num_items_in_batch`), and gradients are summed over all ranks, never averaged. So N ranks
 x k micro-batches compute the step of one process on the global batch (tests/test_parallel.py
-compares them after 3 steps).
+compares them after 3 steps). A micro-batch may carry "loss_weights" (fp32 [b, L], aligned
+with the labels): then the loss is the weighted mean, sum(w * ce) / sum(w) over the supervised
+tokens (a mixture weighs a task's tokens so; all weights 1 give the plain mean, bit for bit).
 
 One step: per micro-batch one compiled graph (forward, backward, accumulate; the loss is
 scaled when dynamic loss scaling is on), then a compiled `reduce` (sum over ranks, unscale,
@@ -247,10 +246,10 @@ class TrainEngine:
         if weighted:  # the sum of the supervised tokens' weights (float: exact only to float32)
             mass = sum(float(m["loss_weights"][m["labels"] != IGNORE_INDEX].astype(np.float64).sum())
                        for m in local)
-            denominator = float(self._sum(Tensor(np.array([mass], np.float32))).asnumpy()[0])
+            denominator = max(float(self._sum(Tensor(np.array([mass], np.float32))).asnumpy()[0]), 1e-12)
         else:
-            denominator = float(tokens)
-        count = Tensor(np.float32(max(denominator, 1e-12) if weighted else max(tokens, 1)))
+            denominator = max(tokens, 1)
+        count = Tensor(np.float32(denominator))
         scale = Tensor(np.float32(self._scale))
         totals = []  # each micro-batch's summed loss, left on the device (no wait between micro-batches)
         for m in local:
@@ -265,8 +264,7 @@ class TrainEngine:
             if self.config.zero_stage in (1, 2):
                 self._publish()
         self._update_scale(skipped)
-        mean = float(loss.asnumpy()) / (max(denominator, 1e-12) if weighted else max(tokens, 1))
-        return StepResult(loss=mean, grad_norm=float(norm.asnumpy()),
+        return StepResult(loss=float(loss.asnumpy()) / denominator, grad_norm=float(norm.asnumpy()),
                           tokens=tokens, skipped=skipped, loss_scale=used_scale)
 
     def _count_over_world(self, count: int) -> int:
