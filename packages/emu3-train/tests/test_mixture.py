@@ -84,6 +84,9 @@ def test_weights_set_the_proportions():
     three = MixtureOrder(seed=1, sizes=[2, 3, 4], weights=[1, 2, 5]).picks(0, 4000)
     shares = np.bincount([k for k, _, _ in three], minlength=3) / 4000
     assert np.all(np.abs(shares - np.array([1, 2, 5]) / 8) < 0.05), shares
+    for bad in ([1.0], [1.0, 0.0], [1.0, float("inf")]):
+        with pytest.raises(ValueError, match="mixture weights must be positive, one per data set"):
+            MixtureOrder(seed=5, sizes=[7, 3], weights=bad)
 
 
 def test_each_data_set_is_visited_in_its_own_epochs():
@@ -231,6 +234,8 @@ def test_loss_weight_reaches_the_batches_and_the_record(assets, tmp_path):
     assert micro["loss_weights"].shape == micro["labels"].shape
     assert [float(w[0]) for w in micro["loss_weights"]] == [4.0 if t == "vqa" else 1.0 for t in tasks]
     assert "loss_weights" not in trainer.SftMixture(datasets, seed=1, loss_weights=[1, 1]).row((0, 0, 0))
+    with pytest.raises(ValueError, match="loss_weights must be positive, one per data set"):
+        trainer.SftMixture(datasets, seed=1, loss_weights=[1.0, -2.0])
     trainer.train(config, progress=False)
     state = json.loads((Path(config.out) / "final" / "trainer_state.json").read_text())
     assert [d["loss_weight"] for d in state["mixture"]] == [1.0, 4.0]

@@ -256,6 +256,14 @@ def sample_indices(seed: int, start: int, count: int, num_samples: int) -> list[
 _MIX_KEY = 0x6D6978  # "mix": keeps the mixture's draws apart from the permutations' streams
 
 
+def _per_data_set(values, n: int, what: str) -> np.ndarray:
+    """`values` as float64 [n], each a positive finite number; ValueError naming `what` otherwise."""
+    array = np.asarray(values, dtype=np.float64)
+    if array.shape != (n,) or not np.all(np.isfinite(array)) or array.min() <= 0:
+        raise ValueError(f"{what} must be positive, one per data set, got {array.tolist()}")
+    return array
+
+
 class MixtureOrder:
     """The sample stream of a mixture of data sets, a function of (seed, position).
 
@@ -277,9 +285,8 @@ class MixtureOrder:
         self.sizes = [int(n) for n in sizes]
         if not self.sizes or min(self.sizes) < 1:
             raise ValueError(f"every data set of a mixture needs samples, got sizes {self.sizes}")
-        weights = np.ones(len(self.sizes)) if weights is None else np.asarray(weights, dtype=np.float64)
-        if weights.shape != (len(self.sizes),) or not np.all(np.isfinite(weights)) or weights.min() <= 0:
-            raise ValueError(f"mixture weights must be positive, one per data set, got {weights.tolist()}")
+        weights = np.ones(len(self.sizes)) if weights is None else _per_data_set(weights, len(self.sizes),
+                                                                                  "mixture weights")
         self.cumulative = np.cumsum(weights) / weights.sum()
         self.cumulative[-1] = 1.0
         self._before: list[np.ndarray] = [np.zeros(len(self.sizes), dtype=np.int64)]  # counts before chunk c
@@ -338,9 +345,7 @@ class SftMixture:
         self.weights = [1.0] * len(self.datasets) if weights is None else [float(w) for w in weights]
         self.order = MixtureOrder(seed, [len(d) for d in self.datasets], self.weights)
         if loss_weights is not None:
-            loss_weights = [float(w) for w in loss_weights]
-            if len(loss_weights) != len(self.datasets) or not all(math.isfinite(w) and w > 0 for w in loss_weights):
-                raise ValueError(f"loss_weights must be positive, one per data set, got {loss_weights}")
+            loss_weights = _per_data_set(loss_weights, len(self.datasets), "loss_weights").tolist()
             if all(w == 1.0 for w in loss_weights):
                 loss_weights = None  # the plain mean, as without
         self.loss_weights = loss_weights
