@@ -1,9 +1,12 @@
 """Write a shapes-world dataset: text-to-image pairs, VQA, videos, a held-out set and a text corpus.
 
-    python tools/shapes/data.py --out DIR --seed 0 [--images 3000 --videos 600 --heldout 200]
+    python tools/shapes/data.py --out DIR --seed 0 [--images 3000 --lm-images 12000 --videos 600 --heldout 200]
 
 Layout of DIR (every path inside a file is relative to DIR):
-    images/00000.png ...      training images; captions.jsonl: {"image", "text"} per line
+    images/00000.png ...      training images of the vision tokenizer and the LM
+    more-images/03000.png ... more training images, for the LM only (the same scene stream continued:
+                              --lm-images never changes images/)
+    captions.jsonl            {"image", "text"} per line, every training image (both folders)
     vqa.json                  LLaVA-style records, one per (training image, question)
     videos/00000/frame_000.png ...; videos.jsonl: {"video", "text"} per line
     heldout/scenes.jsonl, heldout/images/   held-out scenes (own seed stream) for evaluation
@@ -30,7 +33,7 @@ except ImportError:  # run as a script: tools/shapes is on sys.path
     import world
 
 # What write_dataset creates in `out` (and removes first when overwriting).
-OUTPUTS = ("images", "videos", "heldout", "captions.jsonl", "vqa.json", "videos.jsonl",
+OUTPUTS = ("images", "more-images", "videos", "heldout", "captions.jsonl", "vqa.json", "videos.jsonl",
            "corpus.txt", "manifest.json")
 # Independent seed streams: changing one count never changes the other parts.
 _IMAGES, _HELDOUT, _VIDEOS, _HELDOUT_VIDEOS = range(4)
@@ -63,9 +66,13 @@ def _prepare(out: Path, overwrite: bool) -> None:
 
 def write_dataset(out, seed: int = 0, images: int = 3000, videos: int = 600, heldout: int = 200,
                   image_size: int = world.IMAGE_SIZE, n_frames: int = world.N_FRAMES,
-                  overwrite: bool = False, progress: bool = True) -> dict:
-    """Write the dataset into `out` (see the module docstring); returns the manifest."""
-    if min(images, videos, heldout) < 0:
+                  overwrite: bool = False, progress: bool = True, lm_images: int = 0) -> dict:
+    """Write the dataset into `out` (see the module docstring); returns the manifest.
+
+    `images` scenes go to images/ (the vision tokenizer trains on them), `lm_images` more of the
+    same stream to more-images/: the LM needs many more scenes than a convolutional tokenizer
+    to generalise, and the tokenizer's data stays the same whatever `lm_images` is."""
+    if min(images, videos, heldout, lm_images) < 0:
         raise ValueError("counts must be >= 0")
     out = Path(out)
     _prepare(out, overwrite)
@@ -79,10 +86,12 @@ def write_dataset(out, seed: int = 0, images: int = 3000, videos: int = 600, hel
     # text-to-image pairs and VQA on the training images
     rng = np.random.default_rng([seed, _IMAGES])
     (out / "images").mkdir()
+    if lm_images:
+        (out / "more-images").mkdir()
     captions, vqa = [], []
-    for i in bar(range(images), "images"):
+    for i in bar(range(images + lm_images), "images"):
         scene = world.random_scene(rng, image_size, **sizes)
-        name = f"images/{i:05d}.png"
+        name = f"{'images' if i < images else 'more-images'}/{i:05d}.png"
         world.draw(scene, image_size).save(out / name)
         captions.append({"image": name, "text": scene.caption()})
         texts[scene.caption()] = None
@@ -131,7 +140,7 @@ def write_dataset(out, seed: int = 0, images: int = 3000, videos: int = 600, hel
     (out / "corpus.txt").write_text("".join(t + "\n" for t in texts), encoding="utf-8")
     manifest = {
         "seed": seed,
-        "counts": {"images": images, "vqa": len(vqa), "videos": videos, "heldout": heldout,
+        "counts": {"images": images, "lm_images": lm_images, "vqa": len(vqa), "videos": videos, "heldout": heldout,
                    "heldout_videos": heldout_videos, "corpus": len(texts)},
         "image_size": image_size,
         "frames": n_frames,
@@ -148,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output directory (must be empty or absent)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--images", type=int, default=3000, help="training images (default 3000)")
+    parser.add_argument("--lm-images", type=int, default=0,
+                        help="more training images for the LM only, in more-images/ (default 0)")
     parser.add_argument("--videos", type=int, default=600, help="training videos (default 600)")
     parser.add_argument("--heldout", type=int, default=200, help="held-out images (default 200)")
     parser.add_argument("--image-size", type=int, default=world.IMAGE_SIZE)
@@ -157,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         manifest = write_dataset(args.out, seed=args.seed, images=args.images, videos=args.videos,
-                                 heldout=args.heldout, image_size=args.image_size,
+                                 heldout=args.heldout, image_size=args.image_size, lm_images=args.lm_images,
                                  overwrite=args.overwrite, progress=not args.quiet)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -7,7 +7,9 @@ Stages, each a command a user could type, each skipped when its output is alread
 (so an interrupted run continues where it stopped; `--stop-after STAGE` ends a run early),
 each timed into OUT/timings.json:
 
-1. data        the shapes world (tools/shapes/data.py), 32x32 pixels, from --seed
+1. data        the shapes world (tools/shapes/data.py), 32x32 pixels, from --seed: 3000 images for
+               the tokenizer and the LM, 12000 more for the LM only (with 3000 the LM named the
+               shape of its own training images only about half the time)
 2. vq          `emu3 train vq`: the vision tokenizer (8x8 codes of 512 an image), 400 steps
    vq2         `emu3 train vq --init vq/final`: 500 more steps at a higher learning rate
                (the first run's cosine ends at 1e-4 while the reconstructions still improve)
@@ -46,7 +48,7 @@ VQA_TEMPLATE = ("You are a helpful assistant. USER: ", ". ASSISTANT:")
 
 # what each stage runs with (recorded in training.json)
 SETTINGS = {
-    "data": {"images": 3000, "videos": 600, "heldout": 200, "image_size": IMAGE_SIZE},
+    "data": {"images": 3000, "lm_images": 12000, "videos": 600, "heldout": 200, "image_size": IMAGE_SIZE},
     "vq": {"steps": 400, "batch_size": 12, "clip_batch_size": 1, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 10},
     "vq2": {"steps": 500, "batch_size": 12, "clip_batch_size": 1, "lr": 1e-3, "min_lr": 3e-4, "warmup_steps": 5},
     "vq3": {"steps": 600, "batch_size": 12, "clip_batch_size": 1, "lr": 6e-4, "min_lr": 5e-5, "warmup_steps": 5},
@@ -113,7 +115,8 @@ def stages(out: Path, seed: int):
         sys.path.insert(0, str(HERE.parent))
         from shapes.data import write_dataset
 
-        write_dataset(data, seed=seed, images=s["data"]["images"], videos=s["data"]["videos"],
+        write_dataset(data, seed=seed, images=s["data"]["images"], lm_images=s["data"]["lm_images"],
+                      videos=s["data"]["videos"],
                       heldout=s["data"]["heldout"], image_size=IMAGE_SIZE, overwrite=True)
 
     def train_vq(stage: str, *extra: str, seed: int = seed):

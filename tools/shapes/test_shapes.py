@@ -265,6 +265,28 @@ def test_reproducible(dataset, tmp_path):
     assert other["images/00000.png"] != _files(out)["images/00000.png"]
 
 
+def test_lm_images_continue_the_stream_and_leave_images_alone(dataset, tmp_path):
+    out, _ = dataset
+    more = tmp_path / "more"
+    manifest = data.write_dataset(more, seed=0, progress=False, lm_images=7, **COUNTS)
+    # the tokenizer's images/ and everything else but the training lists are byte-identical
+    assert sorted(p.name for p in (more / "images").iterdir()) == sorted(p.name for p in (out / "images").iterdir())
+    same = ("images/00000.png", "images/00017.png", "videos/00003/frame_007.png", "heldout/images/00005.png",
+            "heldout/scenes.jsonl", "videos.jsonl")
+    assert {n: _files(more)[n] for n in same} == {n: _files(out)[n] for n in same}
+    assert sorted(p.name for p in (more / "more-images").iterdir()) == [f"{i:05d}.png" for i in range(30, 37)]
+    captions = [json.loads(line) for line in (more / "captions.jsonl").read_text().splitlines()]
+    assert (more / "captions.jsonl").read_text().startswith((out / "captions.jsonl").read_text())
+    assert [c["image"] for c in captions[30:]] == [f"more-images/{i:05d}.png" for i in range(30, 37)]
+    # the stream continued: the extra scenes are those a longer images/ would hold
+    longer = data.write_dataset(tmp_path / "longer", seed=0, progress=False,
+                                **{**COUNTS, "images": COUNTS["images"] + 7})
+    assert (tmp_path / "longer" / "images" / "00031.png").read_bytes() == (more / "more-images" / "00031.png").read_bytes()
+    assert longer["counts"]["images"] == 37 and manifest["counts"]["lm_images"] == 7
+    vqa = json.loads((more / "vqa.json").read_text())
+    assert {r["image"] for r in vqa} == {c["image"] for c in captions}
+
+
 def test_refuses_non_empty(tmp_path):
     (tmp_path / "keep.txt").write_text("x")
     with pytest.raises(ValueError, match="not empty"):
