@@ -130,6 +130,7 @@ def test_vqa_and_codes_match_transformers(combined_hf):
     np.testing.assert_array_equal(ours[: len(ref)], ref)
 
 
+@pytest.mark.slow  # ~65 s; the default model saves and reloads in both layouts by default
 def test_both_layouts_give_the_same_pipeline(original, combined_hf):
     """Text-to-image with a seed, VQA and video continuation: identical from either layout
     (the LM and VQ weights of the -hf directory; tokenizer from the original for equal ids)."""

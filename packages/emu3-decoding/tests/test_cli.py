@@ -50,6 +50,7 @@ def argv_from_metadata(meta: dict, out) -> list[str]:
             f"--out={out}", *(["--unbatched-cfg"] if meta["guidance"] == "unbatched" else [])]
 
 
+@pytest.mark.slow  # ~45 s; test_generate_image checks one image and its metadata
 def test_batches_and_the_metadata_round_trip(checkpoints, tmp_path, capsys, monkeypatch):
     """--prompts-file and --num-images: one file per image, numbered in order, each with its own
     seed (drawn, printed); the metadata of any of them given back makes it again, alone, also
@@ -115,6 +116,7 @@ def test_video_continue(checkpoints, tmp_path, capsys):
     assert (meta["prompt"], meta["seed"], meta["n_frames"], meta["fps"]) == ("noise", "1", "4", "8.0")
 
 
+@pytest.mark.slow  # ~30 s; the GIF and frames outputs are test_video_continue's
 def test_video_continue_mp4(checkpoints, tmp_path, capsys):
     """An MP4 in, an MP4 out, with the metadata."""
     pytest.importorskip("av")

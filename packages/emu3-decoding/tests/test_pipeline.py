@@ -208,6 +208,7 @@ def test_checkpoint_names(checkpoints, tmp_path):
     assert default.config.vocab_size == Emu3LMConfig.from_pretrained(model_dirs()["lm"]).vocab_size
 
 
+@pytest.mark.slow  # ~45 s; repo ids from the cache by default in emu3-lm and emu3-train
 def test_repo_ids_from_a_local_hub_cache(checkpoints, pipe, hub_cache, tmp_path, monkeypatch, capsys):
     """The pipeline and `emu3 generate` by repo id, offline from the Hugging Face cache: the same
     image as from the local directories; an absent repo is one line saying how to download."""

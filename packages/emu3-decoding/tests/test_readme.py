@@ -43,6 +43,8 @@ def test_readme_has_examples(readme):
     assert len(command_lines(readme)) >= 6
 
 
+# ~2.5 min on 2 cores (every example compiles its own graphs); the README's commands still parse by default
+@pytest.mark.slow
 def test_python_examples_run(readme, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     readme.run(readme.blocks("python"))

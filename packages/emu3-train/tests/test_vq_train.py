@@ -124,6 +124,7 @@ def test_checkpoints_are_vision_tokenizers(run, data):
     assert model.encode(video).shape == (1, 2, 8, 8)
 
 
+@pytest.mark.slow  # ~40 s; sft's resume is bit-equal by default (test_sft)
 def test_resume_is_bit_equal(run, data, tmp_path, monkeypatch):
     """A run killed after its checkpoint at step 4 (metrics logged to the end, no final) and
     resumed, from another working directory with relative paths, ends where the run ended."""

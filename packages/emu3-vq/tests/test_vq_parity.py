@@ -158,6 +158,7 @@ def test_batchnorm3d_training_mode_matches_torch():
     np.testing.assert_allclose(bn(ms.Tensor(x)).asnumpy(), ref(torch.tensor(x)).detach().numpy(), atol=1e-5)
 
 
+@pytest.mark.slow  # real-size layers; the small ones match transformers by default
 @pytest.mark.parity
 def test_real_channel_sizes_match_transformers(tmp_path):
     """The released architecture (ch 256, ch_mult [1,2,2,4], codebook 32768) on one 64x64 image
