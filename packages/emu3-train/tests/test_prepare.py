@@ -113,33 +113,6 @@ def test_prepare_vqa(vqa_input, vq_dir, tmp_path, expected_codes):
     assert np.array_equal(y.images, expected_codes(image_root / "sub" / "y.png"))
 
 
-def test_batched_encoding_equals_one_by_one(tmp_path, save_image, vq_dir, expected_codes, monkeypatch):
-    """Same-size images go to the VQ model ENCODE_BATCH at a time, the rest one by one; an
-    image asked about twice is encoded once; the codes are those of encoding each alone."""
-    from emu3_train import prepare
-
-    calls = []
-    real = Emu3VQModel.encode
-    monkeypatch.setattr(Emu3VQModel, "encode", lambda self, x: calls.append(len(x)) or real(self, x))
-    root = tmp_path / "img"
-    sizes = [(32, 32)] * 19 + [(48, 32)]  # 16 in one batch, then 3 + the other shape one by one
-    records = []
-    for i, (w, h) in enumerate(sizes):
-        save_image(root / f"{i}.png", w, h, seed=i)
-        for q in ("colour?", "shape?"):
-            records.append({"id": f"{i}-{q}", "image": f"{i}.png", "conversations": [
-                {"from": "human", "value": "<image>" + q}, {"from": "gpt", "value": "x"}]})
-    (tmp_path / "conv.json").write_text(json.dumps(records))
-    result = prepare_vqa(tmp_path / "conv.json", root, vq_dir, tmp_path / "out", image_area=AREA, progress=False)
-    assert result.written == 40
-    assert sorted(calls) == [1] * 4 + [prepare.ENCODE_BATCH]
-    samples = dataset.read_list(result.list_path)
-    for k, record in enumerate(records):
-        sample = samples.read(k)
-        assert sample.name == record["id"]
-        assert np.array_equal(sample.images, expected_codes(root / record["image"]))
-
-
 def _bad_t2i_input(root, save_image):
     """Lines 1 and 6 good; 2 missing image, 3 unreadable image, 4 empty text, 5 not JSON."""
     save_image(root / "ok.png", 32, 32)
@@ -250,9 +223,6 @@ def test_inputs_and_output_checked_before_the_model_loads(tmp_path, t2i_input, v
 
 
 def test_an_interrupted_run_leaves_no_list(t2i_input, vq_dir, tmp_path, monkeypatch):
-    from emu3_train import prepare
-
-    monkeypatch.setattr(prepare, "ENCODE_BATCH", 1)  # a sample is written after each encoding
     out = tmp_path / "out"
     stale = dataset.write_list(dataset.list_path(out), dataset.feature_dir(out), ["old.ckpt"])  # an older run's
     real = Emu3VQModel.encode

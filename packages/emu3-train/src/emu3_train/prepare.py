@@ -313,41 +313,6 @@ def _load_model(vq_dir: Path, config, jit: bool | None, dtype=None):
     return Emu3VQModel.from_pretrained(vq_dir, dtype=dtype, jit=jit)
 
 
-ENCODE_BATCH = 16  # images encoded together (a batch of one shape: codes equal one-by-one encoding)
-
-
-def _chunks(records: list[Record], size: int):
-    """Consecutive runs of `records` that each bring at most `size` sources not seen before."""
-    seen: set[Path] = set()
-    part: list[Record] = []
-    for record in records:
-        if record.image not in seen:
-            if len(seen) % size == 0 and part:
-                yield part
-                part = []
-            seen.add(record.image)
-        part.append(record)
-    if part:
-        yield part
-
-
-def _encode(model, pixels: dict[Path, np.ndarray]) -> dict[Path, np.ndarray]:
-    """Codes of each source's pixels ([1, ...] each): those of one shape in one batch when a
-    whole ENCODE_BATCH of them is there, else one by one (so a compiled model keeps two graphs
-    a size, not one for every batch size)."""
-    groups: dict[tuple, list[Path]] = {}
-    for source, x in pixels.items():
-        groups.setdefault(x.shape, []).append(source)
-    codes = {}
-    for sources in groups.values():
-        units = [sources] if len(sources) == ENCODE_BATCH else [[s] for s in sources]
-        for unit in units:
-            out = model.encode(np.concatenate([pixels[s] for s in unit]))
-            out = np.asarray(out.asnumpy() if hasattr(out, "asnumpy") else out)  # [n, h, w] or [n, t, h, w]
-            codes.update(zip(unit, out))
-    return codes
-
-
 def _check_area(image_area) -> None:
     if isinstance(image_area, bool) or not isinstance(image_area, int) or image_area < 1:
         raise UserError(f"image_area must be a positive number of pixels, got {image_area!r}")
@@ -393,35 +358,25 @@ def _run(records: list[Record], problems: list[tuple[int, str]], vq_dir, out_dir
     features.mkdir(parents=True, exist_ok=True)
     files = []
     encoded: dict[Path, np.ndarray] = {}  # an image several records share (VQA) is encoded once
-    failed: dict[Path, str] = {}  # what reading a source found, for each record that names it
-    bar = tqdm(total=len(good), desc=f"prepare-{task}", unit="video" if video else "image", disable=not progress)
-    for part in _chunks(good, 1 if video else ENCODE_BATCH):
-        firsts: dict[Path, Record] = {}
-        for record in part:
-            firsts.setdefault(record.image, record)
-        pixels = {}
-        for source, record in firsts.items():
-            if source in encoded or source in failed:
-                continue
+    for record in tqdm(good, desc=f"prepare-{task}", unit="video" if video else "image", disable=not progress):
+        codes = encoded.get(record.image)
+        if codes is None:
             try:  # what reading the whole file finds: a cut image, frames of different sizes
-                pixels[source] = (_video_pixels(record, processor, image_area, frames) if video
-                                  else _image_pixels(record, processor, image_area))
+                pixels = (_video_pixels(record, processor, image_area, frames) if video
+                          else _image_pixels(record, processor, image_area))
             except (ValueError, OSError) as exc:
-                failed[source] = str(exc)
-        encoded.update(_encode(model, pixels))
-        for record in part:
-            if record.image in failed:
-                message = f"{record.where}: {failed[record.image]}"
+                message = f"{record.where}: {exc}"
                 if not skip_bad:
                     raise UserError(f"{message}; fix the input or pass skip_bad (--skip-bad) to skip bad "
                                     f"records") from None
                 problems.append((record.order, message))
                 continue
-            name = f"{record.stem}{dataset.SUFFIX}"
-            dataset.write_sample(features / name, record.name, encoded[record.image], record.text, record.response)
-            files.append(name)
-        bar.update(len(part))
-    bar.close()
+            codes = model.encode(pixels)
+            codes = np.asarray(codes.asnumpy() if hasattr(codes, "asnumpy") else codes)[0]  # [h, w] or [t, h, w]
+            encoded[record.image] = codes
+        name = f"{record.stem}{dataset.SUFFIX}"
+        dataset.write_sample(features / name, record.name, codes, record.text, record.response)
+        files.append(name)
     if not files:
         raise UserError(f"no records could be prepared ({len(problems)} bad)")
     dataset.write_list(list_file, features.resolve(), files, task=task)
