@@ -308,3 +308,28 @@ def test_cli(tmp_path):
     assert json.loads((out / "manifest.json").read_text())["counts"]["videos"] == 2
     again = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60)
     assert again.returncode != 0 and "not empty" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_recipe_lists_the_shape_questions(dataset, tmp_path):
+    """prep/vqa-shape names the prepared samples of "What shape is it?" and nothing else."""
+    from emu3_train import dataset as samples
+
+    from shapes import recipe
+
+    out, _ = dataset
+    run = tmp_path / "run"
+    (run / "data").mkdir(parents=True)
+    (run / "data" / "vqa.json").write_bytes((out / "vqa.json").read_bytes())
+    records = json.loads((out / "vqa.json").read_text())
+    features = samples.feature_dir(run / "prep" / "vqa")
+    features.mkdir(parents=True)
+    names = [f"{i:08d}.ckpt" for i in range(len(records))]
+    samples.write_list(samples.list_path(run / "prep" / "vqa"), features.resolve(), names, task="vqa")
+    listed = samples.read_list(recipe.shape_questions(run))
+    assert listed.task == "vqa" and listed.prefix == features.resolve()
+    asked = [r["conversations"][0]["value"] for r in records]
+    assert list(listed.files) == [n for n, q in zip(names, asked) if q == "<image>\nWhat shape is it?"]
+    assert len(listed.files) == len(records) // len(world.questions(Scene("circle", "red", "blue", 20.0, 32.0, 32.0)))
+    samples.write_list(samples.list_path(run / "prep" / "vqa"), features.resolve(), names[:-1], task="vqa")
+    with pytest.raises(RuntimeError, match="samples for"):
+        recipe.shape_questions(run)
