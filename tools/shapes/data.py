@@ -140,8 +140,8 @@ def write_dataset(out, seed: int = 0, images: int = 3000, videos: int = 600, hel
     (out / "corpus.txt").write_text("".join(t + "\n" for t in texts), encoding="utf-8")
     manifest = {
         "seed": seed,
-        "counts": {"images": images, "lm_images": lm_images, "vqa": len(vqa), "videos": videos, "heldout": heldout,
-                   "heldout_videos": heldout_videos, "corpus": len(texts)},
+        "counts": {"images": images, "lm_images": lm_images, "vqa": len(vqa), "videos": videos,
+                   "heldout": heldout, "heldout_videos": heldout_videos, "corpus": len(texts)},
         "image_size": image_size,
         "frames": n_frames,
         "colours": {name: list(rgb) for name, rgb in world.COLOURS.items()},

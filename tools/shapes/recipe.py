@@ -158,8 +158,8 @@ def stages(out: Path, seed: int):
     def sft(stage: str, start: str, seed: int = seed):
         f = s[stage]
         data_args = []
-        for name, weight in f["weights"].items():
-            data_args += ["--data", f"prep/{name}/list/train.json,task={name.split('-')[0]},weight={weight},"
+        for name, weight in f["weights"].items():  # each list records its task (prep/vqa-shape: vqa)
+            data_args += ["--data", f"prep/{name}/list/train.json,weight={weight},"
                                     f"loss_weight={f['loss_weights'][name]}"]
         emu3("train", "sft", *data_args, "--model", start, "--out", stage, "--steps", str(f["steps"]),
              "--batch-size", str(f["batch_size"]), "--max-length", str(f["max_length"]), "--lr", str(f["lr"]),
