@@ -1,6 +1,7 @@
 """Write a shapes-world dataset: text-to-image pairs, VQA, videos, a held-out set and a text corpus.
 
     python tools/shapes/data.py --out DIR --seed 0 [--images 3000 --lm-images 12000 --videos 600 --heldout 200]
+                                [--shape-sizes 14 22]
 
 Layout of DIR (every path inside a file is relative to DIR):
     images/00000.png ...      training images of the vision tokenizer and the LM
@@ -66,18 +67,23 @@ def _prepare(out: Path, overwrite: bool) -> None:
 
 def write_dataset(out, seed: int = 0, images: int = 3000, videos: int = 600, heldout: int = 200,
                   image_size: int = world.IMAGE_SIZE, n_frames: int = world.N_FRAMES,
-                  overwrite: bool = False, progress: bool = True, lm_images: int = 0) -> dict:
+                  overwrite: bool = False, progress: bool = True, lm_images: int = 0,
+                  shape_sizes: tuple[int, int] | None = None) -> dict:
     """Write the dataset into `out` (see the module docstring); returns the manifest.
 
     `images` scenes go to images/ (the vision tokenizer trains on them), `lm_images` more of the
-    same stream to more-images/: the LM needs many more scenes than a convolutional tokenizer
-    to generalise, and the tokenizer's data stays the same whatever `lm_images` is."""
+    same stream to more-images/ (the tokenizer's data stays the same whatever `lm_images` is).
+    `shape_sizes`: the smallest and largest shape of the images and held-out images in pixels
+    (default 20..36 at 64 px, scaled to `image_size`); the videos' shapes keep their sizes."""
     if min(images, videos, heldout, lm_images) < 0:
         raise ValueError("counts must be >= 0")
+    scale = image_size / world.IMAGE_SIZE
+    lo, hi = shape_sizes if shape_sizes is not None else (round(20 * scale), round(36 * scale))
+    if not 0 < lo <= hi or hi + 2 * world.MARGIN > image_size:  # checked before anything is written
+        raise ValueError(f"shape sizes {lo}..{hi} do not fit a {image_size}px image")
+    sizes = {"min_size": int(lo), "max_size": int(hi)}
     out = Path(out)
     _prepare(out, overwrite)
-    scale = image_size / world.IMAGE_SIZE
-    sizes = {"min_size": round(20 * scale), "max_size": round(36 * scale)}
     texts: dict[str, None] = {}  # distinct texts in order of first use
 
     def bar(it, desc):
@@ -143,6 +149,7 @@ def write_dataset(out, seed: int = 0, images: int = 3000, videos: int = 600, hel
         "counts": {"images": images, "lm_images": lm_images, "vqa": len(vqa), "videos": videos,
                    "heldout": heldout, "heldout_videos": heldout_videos, "corpus": len(texts)},
         "image_size": image_size,
+        "shape_sizes": [sizes["min_size"], sizes["max_size"]],
         "frames": n_frames,
         "colours": {name: list(rgb) for name, rgb in world.COLOURS.items()},
         "shapes": list(world.SHAPES),
@@ -162,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--videos", type=int, default=600, help="training videos (default 600)")
     parser.add_argument("--heldout", type=int, default=200, help="held-out images (default 200)")
     parser.add_argument("--image-size", type=int, default=world.IMAGE_SIZE)
+    parser.add_argument("--shape-sizes", type=int, nargs=2, metavar=("MIN", "MAX"), default=None,
+                        help="shape sizes of the images in pixels (default 20 36 at 64 px, scaled)")
     parser.add_argument("--overwrite", action="store_true", help="replace a previous dataset in --out")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or summary")
     args = parser.parse_args(argv)
@@ -169,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         manifest = write_dataset(args.out, seed=args.seed, images=args.images, videos=args.videos,
                                  heldout=args.heldout, image_size=args.image_size, lm_images=args.lm_images,
+                                 shape_sizes=args.shape_sizes,
                                  overwrite=args.overwrite, progress=not args.quiet)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

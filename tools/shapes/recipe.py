@@ -1,26 +1,22 @@
 """The whole recipe of the default model (emu3-shapes), from nothing, with this project's packages.
 
-    python tools/shapes/recipe.py --out shapes-run            # about 1 h 40 min on 2 CPU cores
+    python tools/shapes/recipe.py --out shapes-run            # under an hour on 2 CPU cores
     python tools/shapes/recipe.py --out shapes-run --export   # then copy it into packages/emu3-shapes
 
 Stages, each a command a user could type, each skipped when its output is already complete
 (so an interrupted run continues where it stopped; `--stop-after STAGE` ends a run early),
 each timed into OUT/timings.json:
 
-1. data        the shapes world (tools/shapes/data.py), 32x32 pixels, from --seed: 3000 images for
-               the tokenizer and the LM, 12000 more for the LM only
-2. vq          `emu3 train vq`: the vision tokenizer (8x8 codes of 512 an image), 400 steps
-   vq2         `emu3 train vq --init vq/final`: 500 more steps at a higher learning rate
-               (the first run's cosine ends at 1e-4 while the reconstructions still improve)
-   vq3         `emu3 train vq --init vq2/final`: 600 more, annealed to 5e-5 (PSNR 21.3 -> 22.7 dB,
-               the shape read back from reconstructions 57% -> 74%)
+1. data        the shapes world (tools/shapes/data.py), 32x32 pixels, shapes 14-22 pixels across,
+               from --seed: 3000 images for the tokenizer and the LM, 600 videos
+2. vq          `emu3 train vq`: the vision tokenizer (8x8 codes of 512 an image), 600 steps
 3. lm-init     a byte-level BPE trained with the tokenizers library on the data's texts and the
                VQA prompt, Emu3's special tokens and the 512 visual tokens (emu3.tiktoken, the
                original layout); an LM with random weights for that vocabulary
 4. prepare     `emu3 train prepare-t2i`, `prepare-vqa`, `prepare-video` with the new tokenizer;
                prep/vqa-shape lists the VQA samples that ask for the shape
 5. sft         `emu3 train sft` on the mixture t2i : vqa : video = 2 : 2 : 1, VQA's supervised
-               tokens weighted 32 in the loss (`,loss_weight=32`), 1400 steps
+               tokens weighted 32 in the loss (`,loss_weight=32`), 1000 steps
    sft2        from sft/final, 600 steps more (lr back up to 5e-4), the shape question added as
                a data set of its own: t2i : vqa : vqa-shape : video = 2 : 2 : 2 : 1
 6. export      (--export) the checkpoints, generation_config.json and training.json into
@@ -49,16 +45,16 @@ VQA_TEMPLATE = ("You are a helpful assistant. USER: ", ". ASSISTANT:")
 
 # what each stage runs with (recorded in training.json)
 SETTINGS = {
-    "data": {"images": 3000, "lm_images": 12000, "videos": 600, "heldout": 200, "image_size": IMAGE_SIZE},
-    "vq": {"steps": 400, "batch_size": 12, "clip_batch_size": 1, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 10},
-    "vq2": {"steps": 500, "batch_size": 12, "clip_batch_size": 1, "lr": 1e-3, "min_lr": 3e-4, "warmup_steps": 5},
-    "vq3": {"steps": 600, "batch_size": 12, "clip_batch_size": 1, "lr": 6e-4, "min_lr": 5e-5, "warmup_steps": 5},
+    # shapes 14-22 px: at 10-18 px a circle and a square differ by ~20 corner pixels, which the
+    # tokenizer's 4x4-pixel codes rounded away (shipped 0.1.0 kept the shape 67% at 10-18 px, 80% at 14-22)
+    "data": {"images": 3000, "videos": 600, "heldout": 200, "image_size": IMAGE_SIZE, "shape_sizes": [14, 22]},
+    "vq": {"steps": 600, "batch_size": 12, "clip_batch_size": 1, "lr": 1e-3, "min_lr": 5e-5, "warmup_steps": 10},
     "tokenizer": {"vocab_size": 400},
     "lm": {"hidden_size": 256, "intermediate_size": 704, "num_hidden_layers": 4, "num_attention_heads": 4,
            "num_key_value_heads": 2, "max_position_embeddings": 512},
     # sampling weights, and loss weights: a VQA answer is ~3 supervised tokens against an image's 72
     # visual tokens, so unweighted the answers were ~3% of the loss and the LM learnt only the background
-    "sft": {"steps": 1400, "batch_size": 16, "max_length": 168, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 50,
+    "sft": {"steps": 1000, "batch_size": 16, "max_length": 168, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 50,
             "weight_decay": 0.1, "clip_grad_norm": 1.0, "null_prompt_prob": 0.1,
             "weights": {"t2i": 2, "vqa": 2, "video": 1}, "loss_weights": {"t2i": 1, "vqa": 32, "video": 1}},
     # from sft/final, warmed back up, with the shape question as a data set of its own: the LM had
@@ -93,7 +89,7 @@ def build_initial_lm(data: Path, out: Path, seed: int) -> Path:
     from emu3_vq.config import Emu3VQConfig
     from emu3_vq.weights import atomic_write, write_checkpoint
 
-    codebook = Emu3VQConfig.from_json_file(out / "vq2" / "final" / "config.json").codebook_size
+    codebook = Emu3VQConfig.from_json_file(out / "vq" / "final" / "config.json").codebook_size
     ranks = train_bpe_ranks(texts_for_tokenizer(data), SETTINGS["tokenizer"]["vocab_size"])
     target = out / "lm-init"
     tmp = out / ".lm-init.partial"
@@ -122,24 +118,24 @@ def shape_questions(out: Path) -> Path:
     return dataset.write_list(dataset.list_path(out / "prep" / "vqa-shape"), prepared.prefix, files, task="vqa")
 
 
-STAGES = ("data", "vq", "vq2", "vq3", "lm-init", "prepare", "sft", "sft2")
+STAGES = ("data", "vq", "lm-init", "prepare", "sft", "sft2")
 
 
 def stages(out: Path, seed: int):
-    data, vq = out / "data", out / "vq3" / "final"
+    data, vq = out / "data", out / "vq" / "final"
     s = SETTINGS
 
     def make_data():
         sys.path.insert(0, str(HERE.parent))
         from shapes.data import write_dataset
 
-        write_dataset(data, seed=seed, images=s["data"]["images"], lm_images=s["data"]["lm_images"],
-                      videos=s["data"]["videos"],
-                      heldout=s["data"]["heldout"], image_size=IMAGE_SIZE, overwrite=True)
+        write_dataset(data, seed=seed, images=s["data"]["images"], videos=s["data"]["videos"],
+                      heldout=s["data"]["heldout"], image_size=IMAGE_SIZE,
+                      shape_sizes=tuple(s["data"]["shape_sizes"]), overwrite=True)
 
-    def train_vq(stage: str, *extra: str, seed: int = seed):
-        v = s[stage]
-        emu3("train", "vq", "--images", "data/images", "--videos", "data/videos", "--out", stage, *extra,
+    def train_vq():
+        v = s["vq"]
+        emu3("train", "vq", "--images", "data/images", "--videos", "data/videos", "--out", "vq",
              "--image-size", str(IMAGE_SIZE), "--steps", str(v["steps"]), "--batch-size", str(v["batch_size"]),
              "--clip-batch-size", str(v["clip_batch_size"]), "--lr", str(v["lr"]), "--min-lr", str(v["min_lr"]),
              "--warmup-steps", str(v["warmup_steps"]), "--seed", str(seed), "--save-every", "100", "--resume",
@@ -170,9 +166,7 @@ def stages(out: Path, seed: int):
 
     return [
         ("data", data / "manifest.json", make_data),
-        ("vq", out / "vq" / "final" / "config.json", lambda: train_vq("vq")),
-        ("vq2", out / "vq2" / "final" / "config.json", lambda: train_vq("vq2", "--init", "vq/final", seed=seed + 1)),
-        ("vq3", vq / "config.json", lambda: train_vq("vq3", "--init", "vq2/final", seed=seed + 2)),
+        ("vq", vq / "config.json", train_vq),
         ("lm-init", out / "lm-init" / "config.json", lambda: build_initial_lm(data, out, seed)),
         ("prepare", out / "prep" / "vqa-shape" / "list" / "train.json", prepare),
         ("sft", out / "sft" / "final" / "config.json", lambda: sft("sft", "lm-init")),
@@ -191,13 +185,13 @@ def export(out: Path, timings: dict, seed: int) -> None:
                  "tokenizer_config.json"):
         shutil.copy2(out / "sft2" / "final" / name, lm / name)
     for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
-        shutil.copy2(out / "vq3" / "final" / name, vq / name)
+        shutil.copy2(out / "vq" / "final" / name, vq / name)
     (lm / "generation_config.json").write_text(json.dumps(SETTINGS["generation"], indent=2) + "\n")
 
     def metrics(path: Path) -> list[dict]:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
-    vq_metrics = [m for stage in ("vq", "vq2", "vq3") for m in metrics(out / stage / "metrics.jsonl")]
+    vq_metrics = metrics(out / "vq" / "metrics.jsonl")
     sft_metrics = [m for stage in ("sft", "sft2") for m in metrics(out / stage / "metrics.jsonl")]
     record = {
         "seed": seed,
