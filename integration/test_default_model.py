@@ -5,8 +5,9 @@ default model (no model named anywhere, as a user on a fresh machine would), and
 answer back with `tools/shapes/measure.py`. The thresholds are below what the recipe's own
 evaluation measured (docs/shapes.md), with room for the smaller samples here; they fail on an
 untrained model by a wide margin (its images are noise, its answers random words). What the
-model does not do reliably yet (drawing or naming the shape, the motion of a video) is measured
-in docs/shapes.md and not asserted.
+model does not do reliably yet (drawing the asked shape, telling where the shape is) is
+measured in docs/shapes.md and printed here, not asserted. The scenes have the shape sizes the
+model was trained on (its training record names them).
 
 Tests marked `accelerator` repeat the checks with the device's fast kernels and compare with
 the CPU; they skip where MindSpore finds no GPU or Ascend device.
@@ -28,12 +29,22 @@ sys.path.insert(0, str(ROOT / "tools"))
 from shapes import evaluate, world  # noqa: E402
 
 SIZE = 32  # the default model's image size
+MOVED_MIN_PX = 0.8  # the video test's mean over 8 new motions: 1.42 measured, 0.2 for a copy
 FRESH = 20261206  # a seed the recipe's data streams ([seed, 0..3]) never use
+
+
+def _shape_sizes() -> tuple[int, int]:
+    """The shape sizes the default model was trained on, as its training record states them."""
+    from emu3_shapes import training_summary
+
+    low, high = training_summary()["settings"]["data"]["shape_sizes"]
+    return int(low), int(high)
 
 
 def _scenes(n: int, stream: int):
     rng = np.random.default_rng([FRESH, stream])
-    return [world.random_scene(rng, SIZE, min_size=10, max_size=18) for _ in range(n)]
+    low, high = _shape_sizes()
+    return [world.random_scene(rng, SIZE, min_size=low, max_size=high) for _ in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +82,9 @@ def test_vq_round_trip_keeps_colours_and_shapes():
         shapes += got.shape == scene.shape
     print(f"\nVQ round trip on 24 new scenes: colours {colours}, shape {shapes}")
     assert colours >= 22, f"{colours}/24 reconstructions keep both colours"
-    # the tokenizer rounds corners (74% of shapes read back on 200 held-out images, 17/24 here):
+    # the tokenizer rounds corners (83.5% of shapes read back on 200 held-out images, 21/24 here):
     # well above chance (8/24)
-    assert shapes >= 14, f"{shapes}/24 reconstructions keep their shape"
+    assert shapes >= 16, f"{shapes}/24 reconstructions keep their shape"
 
 
 def test_text_to_image_draws_the_asked_colours(pipe):
@@ -85,17 +96,18 @@ def test_text_to_image_draws_the_asked_colours(pipe):
     for row in rows:
         assert row["image"].size == (SIZE, SIZE)
     # the background covers most of the picture, in the colour asked, and the shape's colour is
-    # the asked one (98% and 88% on all 60 prompts; an untrained model draws noise). The shape
-    # drawn is read back as the asked one 45% of the time on the 60 (3/12 here): not asserted.
+    # the asked one (100% and 93% on all 60 prompts; an untrained model draws noise). The shape
+    # drawn is read back as the asked one 45% of the time on the 60 (4/12 here): not asserted.
     print("\ntext-to-image on 12 prompts:", summary)
     assert summary["background_accuracy"] >= 11 / 12, summary
-    assert summary["colour_accuracy"] >= 7 / 12, summary  # 8/12 measured here (chance 3/12)
+    assert summary["colour_accuracy"] >= 7 / 12, summary  # 9/12 measured here (chance 3/12)
     assert np.median([r["background_fraction"] for r in rows]) > 0.5
 
 
-def test_vqa_names_colours_shape_and_position_of_new_images(pipe):
-    """Measured on 100 held-out images (docs/shapes.md): the shape's colour 96%, the shape 60%,
-    the background 100%, the position 83% (78% of those images have the shape in the middle third)."""
+def test_vqa_names_colours_and_shape_of_new_images(pipe):
+    """Measured on 200 held-out images (docs/shapes.md): the shape's colour 98%, the shape 68.5%,
+    the background 98%; the position 48.5%, the rate of always answering "middle" (printed, not
+    asserted: not learnt)."""
     scenes = _scenes(30, 1)
     right = {"colour": 0, "shape": 0, "background": 0, "position": 0}
     for scene in scenes:
@@ -107,23 +119,29 @@ def test_vqa_names_colours_shape_and_position_of_new_images(pipe):
         for key, (question, truth) in asked.items():
             right[key] += pipe.answer(image, question).text.strip() == truth
     print("\nVQA on 30 new images:", right)
-    assert right["colour"] >= 26, f"shape colour right on {right['colour']}/30 (chance: 6)"  # 27 measured
+    assert right["colour"] >= 26, f"shape colour right on {right['colour']}/30 (chance: 6)"  # 29 measured
     assert right["background"] >= 27, f"background right on {right['background']}/30"
-    assert right["position"] >= 20, f"position right on {right['position']}/30 (chance: 10)"  # 26 measured
-    assert right["shape"] >= 14, f"shape right on {right['shape']}/30 (chance: 10)"  # 17 measured
+    assert right["shape"] >= 17, f"shape right on {right['shape']}/30 (chance: 10)"  # 25 measured
 
 
-def test_video_continuation_keeps_the_scene(pipe):
-    """The continued frames keep the given background (the motion itself is not learnt yet)."""
+def test_video_continuation_moves_the_shape_on(pipe):
+    """Given 4 frames of a new motion and its caption, the 4 made frames keep the background and
+    carry the shape on in its direction. On 20 held-out motions (docs/shapes.md) the shape moved
+    on 4.4 pixels on average and in 75% of them; copying the given latent frame moves it 0.2
+    pixels (45% "moved on": the tokenizer's temporal decoder drifts a copied shape a little)."""
     rng = np.random.default_rng([FRESH, 2])
-    motions = [world.random_motion(rng, 8, SIZE) for _ in range(4)]
-    kept = 0
+    motions = [world.random_motion(rng, 8, SIZE) for _ in range(8)]
+    kept, moved = 0, []
     for i, motion in enumerate(motions):
         frames = motion.frames(8, SIZE)[:4]
         out = pipe.continue_video(frames, 4, motion.caption(), seed=i)
         assert len(out.frames) == 4 and out.frames[0].size == (SIZE, SIZE)
         kept += all(evaluate.read(f).background == motion.scene.background for f in out.frames)
-    assert kept >= 3, f"{kept}/4 continuations kept their background"
+        moved.append(evaluate.moved_on(frames, out.frames, motion.direction) or 0.0)
+    print(f"\nvideo continuation on 8 new motions: background kept {kept}, moved on "
+          f"{sum(m > 0.5 for m in moved)}, mean {np.mean(moved):.2f} px")
+    assert kept >= 5, f"{kept}/8 continuations kept their background in every frame"  # 6 measured
+    assert np.mean(moved) >= MOVED_MIN_PX, f"the shape moved on {np.mean(moved):.2f} px on average"
 
 
 def test_fine_tune_default_model_then_reload_and_generate(tmp_path):

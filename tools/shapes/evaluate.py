@@ -88,6 +88,17 @@ def heldout_motions(data: Path, limit: int | None = None) -> list[dict]:
     return rows[:limit]
 
 
+def moved_on(given: list, made: list, direction: str) -> float | None:
+    """How far (pixels) the shape's centroid moved in `direction` from the last given frame to
+    the last made one; None where no shape was found in either."""
+    big = [f.resize((f.width * UPSCALE, f.height * UPSCALE), Image.NEAREST) for f in (given[-1], made[-1])]
+    before, after = measure.track(big)
+    if before is None or after is None:
+        return None
+    dx, dy = after[0] - before[0], after[1] - before[1]
+    return {"left": -dx, "right": dx, "up": -dy, "down": dy}[direction] / UPSCALE
+
+
 def score_video(pipe, data: Path, motions: list[dict], given: int = 4, seed: int = 0) -> tuple[dict, list]:
     """Continue each motion from its first `given` frames and its caption by `given` frames;
     correct when the shape's centroid moved on in the caption's direction."""
@@ -96,14 +107,7 @@ def score_video(pipe, data: Path, motions: list[dict], given: int = 4, seed: int
         folder = data / "heldout" / row["video"]
         frames = [Image.open(p).convert("RGB") for p in sorted(folder.glob("*.png"))][:given]
         out = pipe.continue_video(frames, given, row["caption"], seed=seed + i)
-        big = [f.resize((f.width * UPSCALE, f.height * UPSCALE), Image.NEAREST) for f in frames + out.frames]
-        track = measure.track(big)
-        before, after = track[given - 1], track[-1]
-        moved = None
-        if before is not None and after is not None:
-            dx, dy = after[0] - before[0], after[1] - before[1]
-            step = {"left": -dx, "right": dx, "up": -dy, "down": dy}[row["direction"]]
-            moved = step / UPSCALE
+        moved = moved_on(frames, out.frames, row["direction"])
         rows.append({"video": row["video"], "direction": row["direction"], "moved_px": moved,
                      "ok": moved is not None and moved > 0.5, "frames": frames + out.frames})
     summary = {"n": len(rows), "direction_accuracy": sum(r["ok"] for r in rows) / max(1, len(rows)),

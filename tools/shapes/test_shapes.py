@@ -47,8 +47,10 @@ def test_vocabulary():
 def test_scene_text_and_checks():
     scene = Scene("circle", "red", "blue", 20.0, 10.0, 32.0)
     assert scene.caption() == "a red circle on a blue background"
-    assert [Scene("square", "red", "blue", 10.0, x, 32.0).position() for x in (5, 21, 32, 43, 60)] == [
-        "left", "left", "middle", "right", "right"]
+    assert [Scene("square", "red", "blue", 10.0, x, 32.0).position() for x in (5, 27.9, 28, 32, 36, 36.1, 60)] == [
+        "left", "left", "middle", "middle", "middle", "right", "right"]
+    assert [Scene("square", "red", "blue", 20.0, x, 16.0).position(32) for x in (13, 14, 18, 19)] == [
+        "left", "middle", "middle", "right"]
     assert world.questions(scene) == [("What colour is the shape?", "red"), ("What shape is it?", "circle"),
                                       ("What colour is the background?", "blue"),
                                       ("Where is the shape?", "left"),
@@ -285,6 +287,23 @@ def test_lm_images_continue_the_stream_and_leave_images_alone(dataset, tmp_path)
     assert longer["counts"]["images"] == 37 and manifest["counts"]["lm_images"] == 7
     vqa = json.loads((more / "vqa.json").read_text())
     assert {r["image"] for r in vqa} == {c["image"] for c in captions}
+
+
+def test_shape_sizes(tmp_path):
+    manifest = data.write_dataset(tmp_path / "big", seed=0, progress=False, image_size=32, shape_sizes=(14, 22),
+                                  **COUNTS)
+    assert manifest["shape_sizes"] == [14, 22]
+    rows = [json.loads(line) for line in (tmp_path / "big" / "heldout" / "scenes.jsonl").read_text().splitlines()]
+    assert all(14 <= r["size"] <= 22 for r in rows) and max(r["size"] for r in rows) > 18
+    # every training image's shape, measured from its pixels, is as wide as asked
+    for name in ("00000.png", "00001.png", "00002.png"):
+        left, _, right, _ = measure.analyse(Image.open(tmp_path / "big" / "images" / name)).bbox
+        assert 13 <= right - left <= 23
+    # the default scales 20..36 at 64 px
+    assert data.write_dataset(tmp_path / "small", seed=0, progress=False, image_size=32, **COUNTS)["shape_sizes"] == [10, 18]
+    with pytest.raises(ValueError, match="do not fit"):
+        data.write_dataset(tmp_path / "huge", progress=False, image_size=32, shape_sizes=(14, 30), **COUNTS)
+    assert not (tmp_path / "huge").exists()  # refused before anything is written
 
 
 def test_refuses_non_empty(tmp_path):

@@ -57,8 +57,13 @@ class Scene:
         return f"a {self.colour} {self.shape} on a {self.background} background"
 
     def position(self, image_size: int = IMAGE_SIZE) -> str:
-        """"left", "middle" or "right": the third of the width that holds the centre."""
-        return POSITIONS[min(2, max(0, int(3 * self.cx / image_size)))]
+        """"left", "middle" or "right": the shape's centre against the image's vertical centre
+        line, "middle" within 1/16 of the width of it. (Not the third of the width that holds
+        the centre: a shape half the image wide has its centre in the middle third nearly always.)"""
+        offset = self.cx - image_size / 2
+        if abs(offset) <= image_size / 16:
+            return "middle"
+        return "left" if offset < 0 else "right"
 
     def box(self) -> tuple[int, int, int, int]:
         """Pixel box (x0, y0, x1, y1) of the shape, both ends inclusive (PIL's convention)."""
