@@ -179,12 +179,49 @@ def test_cli_errors_are_one_line(run, data, tmp_path, capsys):
 def test_cli_options_map_to_the_config():
     args = build_parser().parse_args(["train", "vq", "--images", "i", "--out", "o"])
     d = VQTrainConfig(images="i", out="o")
-    for field in ("config", "image_size", "steps", "batch_size", "clip_batch_size", "lr", "min_lr",
-                  "warmup_steps", "beta", "restart_every", "kmeans_batches", "seed", "save_every", "resume"):
+    for field in ("config", "image_size", "steps", "batch_size", "clip_batch_size", "clip_latent_frames", "lr",
+                  "min_lr", "warmup_steps", "beta", "restart_every", "kmeans_batches", "seed", "save_every", "resume"):
         assert getattr(args, field) == getattr(d, field), field
     assert args.videos is None and args.threads is None and not hasattr(args, "dtype")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "vq", "--images", "i", "--out", "o", "--dtype", "fp16"])
+
+
+def test_clips_of_two_latent_frames(data, tmp_path, capsys):
+    """--clip-latent-frames 2: clips of 2 x temporal_downsample_factor frames (4 here) train the
+    decoder on a second latent frame; a video shorter than a clip, or 0 latent frames, is an error."""
+    import contextlib
+    import io
+
+    out = tmp_path / "two"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(run_argv(data, out, "--clip-latent-frames", "2", "--steps", "2", "--save-every", "0")) == 0
+    state = json.loads((out / "final" / "trainer_state.json").read_text())
+    assert state["settings"]["clip_latent_frames"] == 2 and len(metrics(out)) == 2
+    assert main(run_argv(data, tmp_path / "three", "--clip-latent-frames", "3")) != 0
+    assert "4 frames, a clip needs 6" in capsys.readouterr().err
+    assert main(run_argv(data, tmp_path / "zero", "--clip-latent-frames", "0")) != 0
+    assert "--clip-latent-frames must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "three").exists() and not (tmp_path / "zero").exists()
+
+
+def test_two_latent_frame_clip_codes_equal_encode_and_every_frame_counts():
+    """A clip of two latent frames: the loss's codes are `encode`'s for the video, and its
+    reconstruction term covers all 4 frames (changing the last frame changes the loss)."""
+    model = tiny_model()
+    loss_fn = VQLoss(model, beta=0.25)
+    rng = np.random.default_rng(2)
+    clip = rng.uniform(-1, 1, (1, 4, 3, 8, 8)).astype(np.float32)
+    images = rng.uniform(-1, 1, (1, 3, 8, 8)).astype(np.float32)
+    loss, aux = loss_fn(ms.Tensor(images), ms.Tensor(clip))
+    codes = aux[4].asnumpy()
+    video_codes = model.encode(clip).asnumpy()
+    assert video_codes.shape == (1, 2, 8, 8)
+    np.testing.assert_array_equal(codes[-video_codes.size:], video_codes.reshape(-1))
+    changed = clip.copy()
+    changed[:, 3] = -changed[:, 3]
+    assert float(loss_fn(ms.Tensor(images), ms.Tensor(changed))[0].asnumpy()) != float(loss.asnumpy())
 
 
 # ---- the pieces -----------------------------------------------------------------------------

@@ -268,7 +268,8 @@ def _add_vq(sub) -> None:
                    help="a directory of images (png, jpg, jpeg, bmp, webp; searched recursively)")
     p.add_argument("--videos", metavar="DIR", default=None,
                    help="a directory of videos (folders of frames, GIF or MP4 files): each step adds "
-                        "--clip-batch-size random clips of temporal_downsample_factor (4) frames")
+                        "--clip-batch-size random clips of --clip-latent-frames x temporal_downsample_factor "
+                        "(4) frames")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--config", default=d.config, metavar="PRESET|FILE|DIR",
                    help=f"the architecture: a preset ({', '.join(sorted(PRESETS))}), a config.json, or a "
@@ -284,6 +285,10 @@ def _add_vq(sub) -> None:
                    help=f"images a step (default {d.batch_size})")
     p.add_argument("--clip-batch-size", type=int, default=d.clip_batch_size, metavar="N",
                    help=f"video clips a step, with --videos (default {d.clip_batch_size})")
+    p.add_argument("--clip-latent-frames", type=int, default=d.clip_latent_frames, metavar="N",
+                   help="latent frames a clip encodes to; 1 never trains the decoder on a second latent "
+                        "frame, so a tokenizer meant for video continuation needs 2 or more "
+                        f"(default {d.clip_latent_frames})")
     p.add_argument("--lr", type=float, default=d.lr, metavar="LR", help=f"peak learning rate (default {d.lr})")
     p.add_argument("--min-lr", type=float, default=d.min_lr, metavar="LR",
                    help=f"final learning rate of the cosine (default {d.min_lr})")
@@ -313,7 +318,8 @@ def _run_vq(args) -> None:
     config = VQTrainConfig(
         images=args.images, out=args.out, videos=args.videos, config=args.config, init=args.init,
         image_size=args.image_size,
-        steps=args.steps, batch_size=args.batch_size, clip_batch_size=args.clip_batch_size, lr=args.lr,
+        steps=args.steps, batch_size=args.batch_size, clip_batch_size=args.clip_batch_size,
+        clip_latent_frames=args.clip_latent_frames, lr=args.lr,
         min_lr=args.min_lr, warmup_steps=args.warmup_steps, beta=args.beta, restart_every=args.restart_every,
         kmeans_batches=args.kmeans_batches, seed=args.seed, save_every=args.save_every, resume=args.resume)
     config.validate()  # before MindSpore loads

@@ -15,8 +15,8 @@ The trainer does not learn the codebook from its term's gradient: the codes foll
 by moving averages (`CodebookEMA`).
 
 An image is, as at inference, `temporal_downsample_factor` equal frames; only frame 0 of its
-decoded clip is compared (the model decodes images that way). A video clip of exactly that
-many frames is encoded to one latent frame and all its frames are compared.
+decoded clip is compared (the model decodes images that way). A video clip of a multiple of
+that many frames is encoded to as many latent frames, and all its frames are compared.
 
 The temporal blocks' BatchNorm layers stay in inference mode, their running statistics at
 (0, 1): they act as trainable per-channel affine layers, and training and inference compute

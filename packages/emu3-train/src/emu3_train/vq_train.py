@@ -9,9 +9,9 @@ architecture, with the two usual remedies against codebook collapse:
 - dead-code restart: every `restart_every` steps, each code not chosen once in that window is
   moved onto a latent drawn from the current batch.
 
-Images (and optionally 4-frame clips cut from videos) are read once into memory; the batch of
-step s is a function of (seed, s), so a resumed run continues exactly (bit-equal: the AdamW
-state and the codebook usage since the last restart are saved too). Outputs follow
+Images (and optionally clips cut from videos, `clip_latent_frames` x 4 frames) are read once
+into memory; the batch of step s is a function of (seed, s), so a resumed run continues exactly
+(bit-equal: the AdamW state and the codebook usage since the last restart are saved too). Outputs follow
 `emu3 train sft`: `OUT/metrics.jsonl` (one line a step), `OUT/checkpoint-STEP/` every
 `save_every` steps and `OUT/final/`, each written whole then renamed; a checkpoint is a
 vision-tokenizer directory in the original layout (config.json, model.safetensors,
@@ -46,8 +46,10 @@ from .checkpoints import (
 METRICS = "metrics.jsonl"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 # the settings a resumed run must share with the run it continues
-_RUN_KEYS = ("images", "videos", "config", "init", "image_size", "batch_size", "clip_batch_size", "lr", "min_lr",
-             "warmup_steps", "beta", "restart_every", "seed", "steps")
+_RUN_KEYS = ("images", "videos", "config", "init", "image_size", "batch_size", "clip_batch_size",
+             "clip_latent_frames", "lr", "min_lr", "warmup_steps", "beta", "restart_every", "seed", "steps")
+# what a run saved before a setting existed ran with
+_SAVED_DEFAULTS = {"clip_latent_frames": 1}
 
 
 @dataclass
@@ -56,13 +58,17 @@ class VQTrainConfig:
 
     images: str  # a directory of images (searched recursively)
     out: str
-    videos: str | None = None  # a directory of videos (frame folders, GIF or MP4), for 4-frame clips
+    videos: str | None = None  # a directory of videos (frame folders, GIF or MP4), for clips
     config: str = "shapes"  # an Emu3VQConfig preset, a config.json, or a checkpoint directory
     init: str | None = None  # a vision-tokenizer checkpoint to start from (its weights and architecture)
     image_size: int = 32  # images (and frames) are resized to image_size x image_size
     steps: int = 400
     batch_size: int = 12  # images a step
     clip_batch_size: int = 1  # video clips a step (when `videos`)
+    # latent frames a clip encodes to (clips of clip_latent_frames x temporal_downsample_factor
+    # frames). 1 trains the temporal layers on single latent frames only: the decoder then cannot
+    # decode a second latent frame of a video (measured, docs/shapes.md); 2 or more to continue videos
+    clip_latent_frames: int = 1
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_steps: int = 10
@@ -79,7 +85,7 @@ class VQTrainConfig:
     jit: bool = True
 
     def validate(self) -> None:
-        for name in ("steps", "batch_size", "image_size"):
+        for name in ("steps", "batch_size", "image_size", "clip_latent_frames"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         for name in ("clip_batch_size", "warmup_steps", "restart_every", "kmeans_batches", "save_every"):
@@ -496,7 +502,7 @@ def train_vq(config: VQTrainConfig, progress: bool = True) -> dict:
         saved = read_state(resume_from).get("settings", {})
         ours = _settings(config)
         for key, value in ours.items():
-            if _canonical(key, saved.get(key)) != value:
+            if _canonical(key, saved.get(key, _SAVED_DEFAULTS.get(key))) != value:
                 raise ValueError(f"--resume: --{key.replace('_', '-')} is {value!r} but the run in {out} used "
                                  f"{saved.get(key)!r}")
         start = int(read_state(resume_from)["step"])
@@ -506,7 +512,8 @@ def train_vq(config: VQTrainConfig, progress: bool = True) -> dict:
 
     t_factor = model_config.temporal_downsample_factor
     images = load_images(files, config.image_size, progress)
-    videos = load_videos(sources, config.image_size, t_factor, progress) if sources else []
+    clip_frames = t_factor * config.clip_latent_frames
+    videos = load_videos(sources, config.image_size, clip_frames, progress) if sources else []
 
     if resume_from is not None:
         from emu3_vq.weights import read_safetensors
@@ -520,7 +527,7 @@ def train_vq(config: VQTrainConfig, progress: bool = True) -> dict:
     if resume_from is not None:
         trainer.load_optimizer_state(read_optimizer_state(resume_from))
     elif config.kmeans_batches and config.init is None:
-        trainer.init_codebook([step_batch(images, videos, config, i, t_factor, stream=1)
+        trainer.init_codebook([step_batch(images, videos, config, i, clip_frames, stream=1)
                                for i in range(config.kmeans_batches)])
     out.mkdir(parents=True, exist_ok=True)
     # a resumed run drops what its run logged after the checkpoint; --resume with no checkpoint
@@ -533,7 +540,7 @@ def train_vq(config: VQTrainConfig, progress: bool = True) -> dict:
                         total=config.steps, disable=not progress):
             t0 = time.perf_counter()
             lr = lr_at(step, config)
-            batch, clips = step_batch(images, videos, config, step, t_factor)
+            batch, clips = step_batch(images, videos, config, step, clip_frames)
             last = {"step": step + 1, "lr": lr, **trainer.step(batch, clips, lr)}
             if not math.isfinite(last["loss"]):
                 raise FloatingPointError(f"step {step + 1}: the loss is {last['loss']}; lower --lr")
