@@ -46,7 +46,8 @@ VQA_TEMPLATE = ("You are a helpful assistant. USER: ", ". ASSISTANT:")
 # what each stage runs with (recorded in training.json)
 SETTINGS = {
     # shapes 14-22 px: at 10-18 px a circle and a square differ by ~20 corner pixels, which the
-    # tokenizer's 4x4-pixel codes rounded away (shipped 0.1.0 kept the shape 67% at 10-18 px, 80% at 14-22)
+    # tokenizer's 4x4-pixel codes rounded away (the 0.1.0 tokenizer kept the shape 64.5% at 10-18 px,
+    # 85.5% at 14-22, docs/shapes.md)
     "data": {"images": 3000, "videos": 600, "heldout": 200, "image_size": IMAGE_SIZE, "shape_sizes": [14, 22]},
     "vq": {"steps": 600, "batch_size": 12, "clip_batch_size": 1, "lr": 1e-3, "min_lr": 5e-5, "warmup_steps": 10},
     "tokenizer": {"vocab_size": 400},
