@@ -8,7 +8,9 @@
 - VQA: the four questions on held-out images (data/heldout/scenes.jsonl), greedy answers
   compared with the truth;
 - video continuation: each held-out motion's first 4 frames and caption, 4 frames continued;
-  the shape must move on in its direction (`measure.track`).
+  the shape must move on in its direction (`measure.track`);
+- the vision tokenizer alone: held-out images and motions encoded and decoded (what a perfect
+  LM could score), and the first latent frame of each motion decoded twice (a copying LM).
 
 Without --model the installed default model (emu3-shapes) is measured. Writes OUT/eval.json
 and, with --figures, the pictures of docs/shapes.md. The same functions serve the integration
@@ -23,6 +25,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -113,6 +116,38 @@ def score_video(pipe, data: Path, motions: list[dict], given: int = 4, seed: int
     summary = {"n": len(rows), "direction_accuracy": sum(r["ok"] for r in rows) / max(1, len(rows)),
                "mean_moved_px": sum(r["moved_px"] or 0 for r in rows) / max(1, len(rows))}
     return summary, rows
+
+
+def score_reconstruction(processor, data: Path, scenes: list[dict], motions: list[dict]) -> dict:
+    """What the vision tokenizer alone keeps: each held-out image encoded and decoded, its
+    background, colour and shape read back; each held-out motion's first 8 frames (two latent
+    frames) encoded and decoded, the moved-on measure of `score_video` on the decoded last 4
+    frames (the true codes: what a perfect LM would score), and on the first latent frame's
+    codes decoded twice (what an LM that copies the given frame scores)."""
+    hits = {"background": 0, "colour": 0, "shape": 0}
+    for row in scenes:
+        image = Image.open(data / "heldout" / row["image"]).convert("RGB")
+        got = read(processor.decode_codes(processor.encode_images([image])[0]))
+        for key in hits:
+            hits[key] += getattr(got, key) == row[key]
+    true_moves, copy_moves = [], []
+    for row in motions:
+        folder = data / "heldout" / row["video"]
+        frames = [Image.open(p).convert("RGB") for p in sorted(folder.glob("*.png"))][:8]
+        codes = processor.vq_model.encode(processor.image_processor.preprocess_video(frames)[None])
+        codes = (codes.asnumpy() if hasattr(codes, "asnumpy") else np.asarray(codes))[0]
+        decoded = processor.decode_video_codes(codes)
+        copied = processor.decode_video_codes(np.stack([codes[0], codes[0]]))
+        true_moves.append(moved_on(frames[:4], decoded[4:], row["direction"]))
+        copy_moves.append(moved_on(frames[:4], copied[4:], row["direction"]))
+
+    def rate(moves):
+        return {"direction_accuracy": sum(m is not None and m > 0.5 for m in moves) / max(1, len(moves)),
+                "mean_moved_px": sum(m or 0 for m in moves) / max(1, len(moves))}
+
+    n = max(1, len(scenes))
+    return {"n_images": len(scenes), **{f"{k}_accuracy": v / n for k, v in hits.items()},
+            "n_videos": len(motions), "video_true_codes": rate(true_moves), "video_copy": rate(copy_moves)}
 
 
 # ---- figures ----------------------------------------------------------------------------------
@@ -278,7 +313,10 @@ def main(argv=None) -> int:
     print("VQA", vqa, flush=True)
     video, video_rows = score_video(pipe, args.data, heldout_motions(args.data, args.videos))
     print("video", video, flush=True)
-    report = {"t2i": t2i, "vqa": vqa, "video": video,
+    vq_alone = score_reconstruction(pipe.processor, args.data, heldout_scenes(args.data, args.vqa_images),
+                                    heldout_motions(args.data, args.videos))
+    print("vision tokenizer alone", vq_alone, flush=True)
+    report = {"t2i": t2i, "vqa": vqa, "video": video, "reconstruction": vq_alone,
               "t2i_rows": [{k: v for k, v in r.items() if k != "image"} for r in t2i_rows],
               "vqa_rows": vqa_rows, "video_rows": [{k: v for k, v in r.items() if k != "frames"} for r in video_rows]}
     (args.out / "eval.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -352,3 +352,49 @@ def test_recipe_lists_the_shape_questions(dataset, tmp_path):
     samples.write_list(samples.list_path(run / "prep" / "vqa"), features.resolve(), names[:-1], task="vqa")
     with pytest.raises(RuntimeError, match="samples for"):
         recipe.shape_questions(run)
+
+
+class _ExactTokenizer:
+    """A stand-in processor whose "codes" are the pixels themselves: an image is kept exactly; a
+    video's latent frame i is its frame 4i+3, decoded as 4 copies of it."""
+
+    class image_processor:  # noqa: N801 - the processor's attribute name
+        @staticmethod
+        def preprocess_video(frames):
+            return np.stack([np.asarray(f) for f in frames])
+
+    class vq_model:  # noqa: N801
+        @staticmethod
+        def encode(pixels):
+            return pixels[:, 3::4]
+
+    @staticmethod
+    def encode_images(images):
+        return [np.asarray(image) for image in images]
+
+    @staticmethod
+    def decode_codes(codes):
+        return Image.fromarray(codes)
+
+    @staticmethod
+    def decode_video_codes(codes):
+        return [Image.fromarray(frame) for frame in codes for _ in range(4)]
+
+
+def test_score_reconstruction_reads_back_what_the_tokenizer_keeps(tmp_path):
+    """A tokenizer that keeps every pixel scores every image right; its true video codes move the
+    shape on (frame 7 against frame 3) and copying the first latent frame does not move it."""
+    from shapes import evaluate
+
+    out = tmp_path / "ds"
+    data.write_dataset(out, seed=0, images=2, videos=2, heldout=12, image_size=32, shape_sizes=(14, 22),
+                       progress=False)
+    scenes, motions = evaluate.heldout_scenes(out), evaluate.heldout_motions(out)
+    report = evaluate.score_reconstruction(_ExactTokenizer, out, scenes, motions)
+    assert report["n_images"] == 12 and report["n_videos"] == len(motions) == 4
+    assert report["background_accuracy"] == report["colour_accuracy"] == 1.0
+    assert report["shape_accuracy"] >= 11 / 12  # measure's reading of clean 32 px shapes
+    assert report["video_true_codes"]["direction_accuracy"] == 1.0
+    assert report["video_true_codes"]["mean_moved_px"] > 2.0  # 4 frames at 1-1.5 px a frame
+    assert report["video_copy"]["direction_accuracy"] == 0.0
+    assert abs(report["video_copy"]["mean_moved_px"]) < 0.5
