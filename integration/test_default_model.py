@@ -5,8 +5,8 @@ default model (no model named anywhere, as a user on a fresh machine would), and
 answer back with `tools/shapes/measure.py`. The thresholds are below what the recipe's own
 evaluation measured (docs/shapes.md), with room for the smaller samples here; they fail on an
 untrained model by a wide margin (its images are noise, its answers random words). What the
-model does not do yet (drawing the asked shape reliably, telling where the shape is,
-continuing a motion) is measured in docs/shapes.md and printed here, not asserted. The scenes have the shape sizes the
+model does only in part (drawing the asked shape, telling where the shape is, moving the shape
+on in a continued video) is measured in docs/shapes.md and printed here, not asserted. The scenes have the shape sizes the
 model was trained on (its training record names them).
 
 Tests marked `accelerator` repeat the checks with the device's fast kernels and compare with
@@ -80,10 +80,11 @@ def test_vq_round_trip_keeps_colours_and_shapes():
         colours += (got.background, got.colour) == (scene.background, scene.colour)
         shapes += got.shape == scene.shape
     print(f"\nVQ round trip on 24 new scenes: colours {colours}, shape {shapes}")
-    assert colours >= 22, f"{colours}/24 reconstructions keep both colours"
-    # the tokenizer rounds corners (83.5% of shapes read back on 200 held-out images, 21/24 here):
+    # both colours 23/24 here (the shape's colour 92.5% on 200 held-out images)
+    assert colours >= 21, f"{colours}/24 reconstructions keep both colours"
+    # the tokenizer rounds corners (72.5% of shapes read back on 200 held-out images, 18/24 here):
     # well above chance (8/24)
-    assert shapes >= 16, f"{shapes}/24 reconstructions keep their shape"
+    assert shapes >= 15, f"{shapes}/24 reconstructions keep their shape"
 
 
 def test_text_to_image_draws_the_asked_colours(pipe):
@@ -95,18 +96,18 @@ def test_text_to_image_draws_the_asked_colours(pipe):
     for row in rows:
         assert row["image"].size == (SIZE, SIZE)
     # the background covers most of the picture, in the colour asked, and the shape's colour is
-    # the asked one (100% and 93% on all 60 prompts; an untrained model draws noise). The shape
-    # drawn is read back as the asked one 45% of the time on the 60 (4/12 here): not asserted.
+    # the asked one (100% and 92% on all 60 prompts; an untrained model draws noise). The shape
+    # drawn is read back as the asked one 50% of the time on the 60 (5/12 here): not asserted.
     print("\ntext-to-image on 12 prompts:", summary)
-    assert summary["background_accuracy"] >= 11 / 12, summary
-    assert summary["colour_accuracy"] >= 7 / 12, summary  # 9/12 measured here (chance 3/12)
+    assert summary["background_accuracy"] >= 10 / 12, summary  # 11/12 measured here (chance 3/12)
+    assert summary["colour_accuracy"] >= 8 / 12, summary  # 11/12 measured here (chance 3/12)
     assert np.median([r["background_fraction"] for r in rows]) > 0.5
 
 
 def test_vqa_names_colours_and_shape_of_new_images(pipe):
-    """Measured on 200 held-out images (docs/shapes.md): the shape's colour 98%, the shape 68.5%,
-    the background 98%; the position 48.5%, the rate of always answering "middle" (printed, not
-    asserted: not learnt)."""
+    """Measured on 200 held-out images (docs/shapes.md): the shape's colour 98%, the shape 80%,
+    the background 99%; the position 63%, against 49.5% for always answering "middle" (printed,
+    not asserted: learnt only in part)."""
     scenes = _scenes(30, 1)
     right = {"colour": 0, "shape": 0, "background": 0, "position": 0}
     for scene in scenes:
@@ -118,28 +119,32 @@ def test_vqa_names_colours_and_shape_of_new_images(pipe):
         for key, (question, truth) in asked.items():
             right[key] += pipe.answer(image, question).text.strip() == truth
     print("\nVQA on 30 new images:", right)
-    assert right["colour"] >= 26, f"shape colour right on {right['colour']}/30 (chance: 6)"  # 29 measured
-    assert right["background"] >= 27, f"background right on {right['background']}/30"
-    assert right["shape"] >= 17, f"shape right on {right['shape']}/30 (chance: 10)"  # 25 measured
+    assert right["colour"] >= 26, f"shape colour right on {right['colour']}/30 (chance: 6)"  # 30 measured
+    assert right["background"] >= 26, f"background right on {right['background']}/30"  # 29 measured
+    assert right["shape"] >= 20, f"shape right on {right['shape']}/30 (chance: 10)"  # 26 measured
 
 
 def test_video_continuation_keeps_the_scene(pipe):
     """Given 4 frames of a new motion and its caption, the 4 made frames keep the background.
-    The motion is not asserted: the vision tokenizer cannot decode a second latent frame yet, so
-    the made frames hold a smear, not a shape (docs/shapes.md, "Video"); the centroid move of
-    that smear is printed to compare versions."""
+    The shape is printed, not asserted: its colour is read back in every made frame of 2 of
+    these 8 (the videos' 8-12 pixel shapes come back blurred), and it moved on in its direction
+    in 2 (on 20 held-out motions 55%, copying the given frames 15%; docs/shapes.md): too close
+    to chance for a sample of 8."""
     rng = np.random.default_rng([FRESH, 2])
     motions = [world.random_motion(rng, 8, SIZE) for _ in range(8)]
-    kept, moved = 0, []
+    kept = coloured = 0
+    moved = []
     for i, motion in enumerate(motions):
         frames = motion.frames(8, SIZE)[:4]
         out = pipe.continue_video(frames, 4, motion.caption(), seed=i)
         assert len(out.frames) == 4 and out.frames[0].size == (SIZE, SIZE)
-        kept += all(evaluate.read(f).background == motion.scene.background for f in out.frames)
+        read = [evaluate.read(f) for f in out.frames]
+        kept += all(r.background == motion.scene.background for r in read)
+        coloured += all(r.colour == motion.scene.colour for r in read)
         moved.append(evaluate.moved_on(frames, out.frames, motion.direction) or 0.0)
-    print(f"\nvideo continuation on 8 new motions: background kept {kept}, blob moved on "
-          f"{sum(m > 0.5 for m in moved)}, mean {np.mean(moved):.2f} px")
-    assert kept >= 5, f"{kept}/8 continuations kept their background in every frame"  # 6 measured
+    print(f"\nvideo continuation on 8 new motions: background kept {kept}, shape colour kept {coloured}, "
+          f"moved on {sum(m > 0.5 for m in moved)}, mean {np.mean(moved):.2f} px")
+    assert kept >= 6, f"{kept}/8 continuations kept their background in every frame"  # 8 measured
 
 
 def test_fine_tune_default_model_then_reload_and_generate(tmp_path):

@@ -9,16 +9,17 @@ each timed into OUT/timings.json:
 
 1. data        the shapes world (tools/shapes/data.py), 32x32 pixels, shapes 14-22 pixels across,
                from --seed: 3000 images for the tokenizer and the LM, 600 videos
-2. vq          `emu3 train vq`: the vision tokenizer (8x8 codes of 512 an image), 600 steps
+2. vq          `emu3 train vq`: the vision tokenizer (8x8 codes of 512 an image; 8-frame clips,
+               two latent frames), 550 steps
 3. lm-init     a byte-level BPE trained with the tokenizers library on the data's texts and the
                VQA prompt, Emu3's special tokens and the 512 visual tokens (emu3.tiktoken, the
                original layout); an LM with random weights for that vocabulary
 4. prepare     `emu3 train prepare-t2i`, `prepare-vqa`, `prepare-video` with the new tokenizer;
                prep/vqa-shape lists the VQA samples that ask for the shape
 5. sft         `emu3 train sft` on the mixture t2i : vqa : video = 2 : 2 : 1, VQA's supervised
-               tokens weighted 32 in the loss (`,loss_weight=32`), 1000 steps
-   sft2        from sft/final, 600 steps more (lr back up to 5e-4), the shape question added as
-               a data set of its own: t2i : vqa : vqa-shape : video = 2 : 2 : 2 : 1
+               tokens weighted 32 in the loss (`,loss_weight=32`), 1150 steps
+   sft2        from sft/final, 850 steps more (lr back up to 5e-4), the shape question added as
+               a data set of its own: t2i : vqa : vqa-shape : video = 2 : 2 : 2 : 2
 6. export      (--export) the checkpoints, generation_config.json and training.json into
                packages/emu3-shapes/src/emu3_shapes/{lm,vq}
 
@@ -58,15 +59,15 @@ SETTINGS = {
            "num_key_value_heads": 2, "max_position_embeddings": 512},
     # sampling weights, and loss weights: a VQA answer is ~3 supervised tokens against an image's 72
     # visual tokens, so unweighted the answers were ~3% of the loss and the LM learnt only the background
-    "sft": {"steps": 1000, "batch_size": 16, "max_length": 168, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 50,
+    "sft": {"steps": 1150, "batch_size": 16, "max_length": 168, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 50,
             "weight_decay": 0.1, "clip_grad_norm": 1.0, "null_prompt_prob": 0.1,
             "weights": {"t2i": 2, "vqa": 2, "video": 1}, "loss_weights": {"t2i": 1, "vqa": 32, "video": 1}},
     # from sft/final, warmed back up, with the shape question as a data set of its own: the LM had
     # learnt colours, background and position but named the shape 41% of the time (1.3 shape
     # answers a step); the same 600 steps without it reached 46.5%, with it 56.5%
-    "sft2": {"steps": 650, "batch_size": 16, "max_length": 168, "lr": 5e-4, "min_lr": 5e-5, "warmup_steps": 20,
+    "sft2": {"steps": 850, "batch_size": 16, "max_length": 168, "lr": 5e-4, "min_lr": 5e-5, "warmup_steps": 20,
              "weight_decay": 0.1, "clip_grad_norm": 1.0, "null_prompt_prob": 0.1,
-             "weights": {"t2i": 2, "vqa": 2, "vqa-shape": 2, "video": 1},
+             "weights": {"t2i": 2, "vqa": 2, "vqa-shape": 2, "video": 2},
              "loss_weights": {"t2i": 1, "vqa": 32, "vqa-shape": 32, "video": 1}},
     # the pipeline's defaults for this model (generation_config.json)
     "generation": {"guidance_scale": 2.0, "top_k": 8, "top_p": 1.0, "temperature": 1.0, "negative_prompt": "",
