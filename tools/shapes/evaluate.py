@@ -91,6 +91,12 @@ def heldout_motions(data: Path, limit: int | None = None) -> list[dict]:
     return rows[:limit]
 
 
+def motion_frames(data: Path, row: dict, n: int) -> list[Image.Image]:
+    """The first `n` frames of a held-out motion (a row of heldout_motions)."""
+    folder = data / "heldout" / row["video"]
+    return [Image.open(p).convert("RGB") for p in sorted(folder.glob("*.png"))][:n]
+
+
 def moved_on(given: list, made: list, direction: str) -> float | None:
     """How far (pixels) the shape's centroid moved in `direction` from the last given frame to
     the last made one; None where no shape was found in either."""
@@ -107,8 +113,7 @@ def score_video(pipe, data: Path, motions: list[dict], given: int = 4, seed: int
     correct when the shape's centroid moved on in the caption's direction."""
     rows = []
     for i, row in enumerate(motions):
-        folder = data / "heldout" / row["video"]
-        frames = [Image.open(p).convert("RGB") for p in sorted(folder.glob("*.png"))][:given]
+        frames = motion_frames(data, row, given)
         out = pipe.continue_video(frames, given, row["caption"], seed=seed + i)
         moved = moved_on(frames, out.frames, row["direction"])
         rows.append({"video": row["video"], "direction": row["direction"], "moved_px": moved,
@@ -132,8 +137,7 @@ def score_reconstruction(processor, data: Path, scenes: list[dict], motions: lis
             hits[key] += getattr(got, key) == row[key]
     true_moves, copy_moves = [], []
     for row in motions:
-        folder = data / "heldout" / row["video"]
-        frames = [Image.open(p).convert("RGB") for p in sorted(folder.glob("*.png"))][:8]
+        frames = motion_frames(data, row, 8)
         codes = processor.vq_model.encode(processor.image_processor.preprocess_video(frames)[None])
         codes = (codes.asnumpy() if hasattr(codes, "asnumpy") else np.asarray(codes))[0]
         decoded = processor.decode_video_codes(codes)
